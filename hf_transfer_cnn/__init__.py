@@ -1,0 +1,10 @@
+"""hf-transfer-cnn: CNN transfer learning for the Hugging Face ecosystem."""
+
+from .freezing import FreezeState, freeze_model
+from .modeling import ClassificationHead, HeadSpec, TransferModel
+from .registry import ArchSpec, UnsupportedArchitectureError, get_arch, register_arch, supported_model_types
+
+__version__ = "0.1.0"
+
+__all__ = ["TransferModel", "HeadSpec", "ClassificationHead", "FreezeState", "freeze_model", "ArchSpec",
+           "register_arch", "get_arch", "supported_model_types", "UnsupportedArchitectureError", "__version__"]

@@ -1,0 +1,1 @@
+"""Model families that transformers does not ship (registered with the Auto classes on import)."""

@@ -1,0 +1,599 @@
+"""TransferModel: a pretrained vision checkpoint, re-headed, input-adapted and frozen by stage.
+
+`TransferModel.from_pretrained(...)` returns an instance of the checkpoint's own transformers class
+(e.g. `ResNetForImageClassification`) extended with `TransferModel`: it is a real `PreTrainedModel`
+with the native parameter names, so Trainer, `save_pretrained`, `push_to_hub` and — with the default
+linear head — plain `AutoModelForImageClassification` all work on it unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from transformers import AutoConfig, PreTrainedModel
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .freezing import FreezeState, apply_freeze
+from .registry import ArchSpec, StageUnit, get_arch, get_module, set_module, stage_units
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TransferModel", "HeadSpec", "ClassificationHead", "adapt_conv_weight", "adapt_image_processor"]
+
+CONFIG_KEY = "hf_transfer_cnn"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --- head -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A custom classifier: pooling, then optional hidden layers, then the output layer."""
+
+    hidden_sizes: tuple[int, ...] = ()
+    dropout: float = 0.0
+    pooling: Literal["avg", "max", "concat"] = "avg"
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+
+    @classmethod
+    def parse(cls, value: HeadSpec | dict | None) -> HeadSpec | None:
+        if value is None or isinstance(value, HeadSpec):
+            spec = value
+        elif isinstance(value, dict):
+            unknown = set(value) - {"hidden_sizes", "dropout", "pooling", "activation"}
+            if unknown:
+                raise ValueError(f"Unknown head option(s) {sorted(unknown)}; allowed: hidden_sizes, dropout, pooling, activation.")
+            spec = cls(**{**value, "hidden_sizes": tuple(value.get("hidden_sizes", ()))})
+        else:
+            raise TypeError(f"head must be None, a dict or a HeadSpec, got {type(value).__name__}.")
+        if spec is None:
+            return None
+        if spec.pooling not in ("avg", "max", "concat"):
+            raise ValueError(f"head pooling={spec.pooling!r}; use 'avg', 'max' or 'concat'.")
+        if spec.activation not in _ACTIVATIONS:
+            raise ValueError(f"head activation={spec.activation!r}; use one of {sorted(_ACTIVATIONS)}.")
+        if not 0.0 <= spec.dropout < 1.0:
+            raise ValueError(f"head dropout={spec.dropout} must be in [0, 1).")
+        if any((not isinstance(h, int)) or h < 1 for h in spec.hidden_sizes):
+            raise ValueError(f"head hidden_sizes={list(spec.hidden_sizes)} must be positive integers.")
+        return spec
+
+    @property
+    def is_native(self) -> bool:
+        return self == HeadSpec()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class ClassificationHead(nn.Module):
+    """Hidden layers (Linear → activation → dropout) then the output Linear."""
+
+    def __init__(self, in_features: int, num_labels: int, spec: HeadSpec):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in spec.hidden_sizes:
+            layers += [nn.Linear(width, h), _ACTIVATIONS[spec.activation](), nn.Dropout(spec.dropout)]
+            width = h
+        if not spec.hidden_sizes and spec.dropout:
+            layers.append(nn.Dropout(spec.dropout))
+        self.hidden = nn.Sequential(*layers)
+        self.out = nn.Linear(width, num_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.hidden(x))
+
+
+def _last_linear_path(module: nn.Module) -> str | None:
+    found = None
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear):
+            found = name
+    return found
+
+
+# --- input adaptation -----------------------------------------------------------------------------
+
+def adapt_conv_weight(weight: torch.Tensor, num_channels: int) -> torch.Tensor:
+    """Map a conv kernel trained on RGB (``[out, 3, kh, kw]``) to `num_channels` inputs.
+
+    Rule: channel 0 receives the sum of the RGB kernels when fewer than 3 channels are asked for (a gray
+    tensor then gives exactly the response of that tensor replicated to RGB); with 3 or more channels the
+    first three keep their RGB kernels and every extra channel starts at zero (the model initially
+    behaves exactly as the RGB model and ignores the extra channels until the stem trains).
+    """
+    out_c, in_c = weight.shape[:2]
+    if num_channels < 1:
+        raise ValueError(f"num_channels={num_channels}; it must be at least 1.")
+    if num_channels == in_c:
+        return weight.clone()
+    new = weight.new_zeros((out_c, num_channels, *weight.shape[2:]))
+    if num_channels < in_c:
+        new[:, 0] = weight.sum(dim=1)
+    else:
+        new[:, :in_c] = weight
+    return new
+
+
+def _adapter_weight(in_channels: int, out_channels: int, dtype, device) -> torch.Tensor:
+    """A 1×1 conv realising `adapt_conv_weight`'s rule in front of a conv whose weights can't absorb it."""
+    eye = torch.eye(out_channels, dtype=dtype, device=device)[:, :, None, None]
+    return adapt_conv_weight(eye, in_channels)
+
+
+def _channel_stats(values: list[float], num_channels: int) -> list[float]:
+    values = list(values)
+    if num_channels == len(values):
+        return values
+    mean = sum(values) / len(values)
+    if num_channels < len(values):
+        return [mean] * num_channels
+    return values + [mean] * (num_channels - len(values))
+
+
+def adapt_image_processor(processor: Any, num_channels: int | None = None, image_size: int | None = None) -> Any:
+    """A copy of `processor` that produces `num_channels` × `image_size`² pixel values.
+
+    Mean/std: RGB values for 3 channels; their average for 1 (or for each channel beyond 3).
+    Sizes: a ``shortest_edge`` resize keeps its resize/crop ratio; ``height``/``width`` are set to the size.
+    """
+    d = processor.to_dict()
+    d.pop("_processor_class", None)
+    if num_channels is not None:
+        for key in ("image_mean", "image_std"):
+            if d.get(key) is not None:
+                d[key] = _channel_stats(d[key], num_channels)
+    if image_size is not None:
+        size = dict(d.get("size") or {})
+        size = {k: v for k, v in size.items() if v is not None}
+        if "shortest_edge" in size:
+            size = {"shortest_edge": int(image_size)}
+        else:
+            size = {"height": int(image_size), "width": int(image_size)}
+        d["size"] = size
+        if d.get("crop_size") is not None:
+            d["crop_size"] = {"height": int(image_size), "width": int(image_size)}
+    return type(processor).from_dict(d)
+
+
+def default_image_processor(model_type: str, image_size: int = 224) -> Any:
+    """The checkpoint family's image processor class with its defaults (used when a checkpoint has none)."""
+    from transformers.models.auto.image_processing_auto import (IMAGE_PROCESSOR_MAPPING_NAMES,
+                                                                 get_image_processor_class_from_name)
+
+    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
+    name = (names.get("torchvision") or names.get("pil")) if isinstance(names, dict) else names
+    if name:
+        proc = get_image_processor_class_from_name(name)()
+        return adapt_image_processor(proc, image_size=image_size)
+    from transformers import ConvNextImageProcessor
+
+    # torchvision's ImageNet recipe: resize to size/0.875, centre-crop to size.
+    return ConvNextImageProcessor(size={"shortest_edge": image_size}, crop_pct=0.875,
+                                  image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+
+
+# --- the model --------------------------------------------------------------------------------------
+
+_CLASS_CACHE: dict[type, type] = {}
+
+
+def transfer_class_for(native_cls: type) -> type:
+    """``Transfer<Native>`` = TransferModel mixed into a transformers image-classification class."""
+    if issubclass(native_cls, TransferModel):
+        return native_cls
+    if native_cls not in _CLASS_CACHE:
+        _CLASS_CACHE[native_cls] = type(f"Transfer{native_cls.__name__}", (TransferModel, native_cls),
+                                        {"__module__": __name__, "_native_class": native_cls})
+    return _CLASS_CACHE[native_cls]
+
+
+def _native_class_for(config) -> type:
+    from transformers import AutoModelForImageClassification
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
+
+    get_arch(config.model_type)  # registry check first: clear error for unsupported types
+    if type(config) in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
+        return MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
+    auto_map = getattr(AutoModelForImageClassification, "_model_mapping", {})
+    if type(config) in auto_map:
+        return auto_map[type(config)]
+    raise ValueError(f"No image-classification model class is registered for model_type {config.model_type!r}.")
+
+
+def _normalise_labels(num_labels, id2label, label2id):
+    if id2label is not None:
+        id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+        if sorted(id2label) != list(range(len(id2label))):
+            raise ValueError(f"id2label keys must be 0..{len(id2label) - 1}, got {sorted(id2label)}.")
+        if num_labels is not None and num_labels != len(id2label):
+            raise ValueError(
+                f"num_labels={num_labels} but id2label has {len(id2label)} entries; pass one of them, or make them agree."
+            )
+        num_labels = len(id2label)
+    if label2id is not None:
+        label2id = {str(k): int(v) for k, v in dict(label2id).items()}
+        if num_labels is None:
+            num_labels = len(label2id)
+        if id2label is None:
+            id2label = {v: k for k, v in label2id.items()}
+        if len(label2id) != num_labels or {v: k for k, v in label2id.items()} != id2label:
+            raise ValueError("label2id does not match id2label/num_labels; pass id2label alone and label2id is derived.")
+    if num_labels is not None:
+        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels={num_labels!r}; a classifier needs at least 1 label.")
+        if id2label is None:
+            id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        label2id = {v: k for k, v in id2label.items()}
+    return num_labels, id2label, label2id
+
+
+class TransferModel(nn.Module):
+    """Mixin (and factory) that turns a transformers vision classifier into a transfer-learning model.
+
+    Use `TransferModel.from_pretrained(...)`; the result is an instance of ``Transfer<NativeClass>``.
+    """
+
+    _native_class: type | None = None
+
+    # -- construction ------------------------------------------------------------------------------
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        meta = dict(getattr(config, CONFIG_KEY, None) or {})
+        in_channels = meta.get("input_channels")
+        if in_channels is not None:  # stems that can't absorb a channel change keep a 1×1 adapter
+            self.input_adapter = nn.Conv2d(in_channels, config.num_channels, 1, bias=False)
+        head = HeadSpec.parse(meta.get("head"))
+        if head is not None and not head.is_native:
+            self._install_head(head, config.num_labels)
+        self.image_processor = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args,
+        num_labels: int | None = None,
+        id2label: dict | None = None,
+        label2id: dict | None = None,
+        num_channels: int | None = None,
+        image_size: int | None = None,
+        head: HeadSpec | dict | None = None,
+        trainable_stages: int | str = 0,
+        **kwargs,
+    ) -> TransferModel:
+        """Load a Hub id or local directory and adapt it for transfer learning.
+
+        Args:
+            num_labels / id2label / label2id: the new task's classes (id2label alone is enough). Giving any
+                of them replaces the classifier with a freshly initialised one; the backbone is untouched.
+            num_channels: input channels (1 = grayscale); the first conv is adapted (see `adapt_conv_weight`).
+            image_size: square input size; must be at least the architecture's minimum.
+            head: `HeadSpec` / dict for a custom head (hidden_sizes, dropout, pooling avg|max|concat).
+            trainable_stages: 0 = feature extraction, N = top-N stages train, "all" = everything trains.
+            **kwargs: passed to transformers' `from_pretrained` (revision, token, cache_dir, ...).
+        """
+        hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _HUB_KWARGS}
+        if kwargs:
+            raise TypeError(f"Unexpected argument(s) {sorted(kwargs)} for TransferModel.from_pretrained.")
+        config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        spec = get_arch(config.model_type)
+        num_labels, id2label, label2id = _normalise_labels(num_labels, id2label, label2id)
+        if num_channels is not None and (isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1):
+            raise ValueError(f"num_channels={num_channels!r}; use a positive integer (1 = grayscale, 3 = RGB).")
+        if image_size is not None and (not isinstance(image_size, int) or image_size < spec.min_image_size):
+            raise ValueError(
+                f"image_size={image_size} is below the minimum of {spec.min_image_size} px for "
+                f"{config.model_type!r}; use image_size >= {spec.min_image_size} (upscale small images)."
+            )
+        head_spec = HeadSpec.parse(head)
+
+        target_cls = cls if cls is not TransferModel else transfer_class_for(_native_class_for(config))
+        try:
+            model = super(TransferModel, target_cls).from_pretrained(
+                pretrained_model_name_or_path, *model_args, config=config, **hub_kwargs)
+        except OSError as err:
+            raise OSError(
+                f"Could not load weights for {str(pretrained_model_name_or_path)!r}: {err}\nA TransferModel needs a "
+                "checkpoint with weights (model.safetensors). Pass a directory written by `save_pretrained`, a "
+                "Hub id, or build one with `hf-transfer-cnn init/convert`."
+            ) from err
+
+        model.image_processor = model._load_processor(pretrained_model_name_or_path, hub_kwargs)
+        meta = model._meta()
+        meta.setdefault("base_model", str(pretrained_model_name_or_path))
+        model.config.update({CONFIG_KEY: meta})
+        if num_labels is not None or (head_spec is not None and not head_spec.is_native):
+            model.set_head(num_labels or model.config.num_labels, id2label=id2label, head=head_spec)
+        if num_channels is not None and num_channels != model.num_input_channels:
+            model.set_num_channels(num_channels)
+        if image_size is not None:
+            model.set_image_size(image_size)
+        model.freeze(trainable_stages)
+        return model
+
+    # -- facts -----------------------------------------------------------------------------------------
+
+    @property
+    def arch(self) -> ArchSpec:
+        return get_arch(self.config.model_type)
+
+    def _meta(self) -> dict:
+        return dict(getattr(self.config, CONFIG_KEY, None) or {})
+
+    def _set_meta(self, **updates) -> None:
+        meta = self._meta()
+        meta.update(updates)
+        self.config.update({CONFIG_KEY: meta})
+
+    def stage_units(self) -> list[StageUnit]:
+        return stage_units(self, self.arch)
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Freezable stages, input to output: ``["stem", "stage1", ...]``."""
+        return [u.name for u in self.stage_units()]
+
+    @property
+    def num_input_channels(self) -> int:
+        meta = self._meta()
+        return int(meta.get("input_channels") or self.config.num_channels)
+
+    @property
+    def head_spec(self) -> HeadSpec:
+        return HeadSpec.parse(self._meta().get("head")) or HeadSpec()
+
+    @property
+    def freeze_state(self) -> FreezeState | None:
+        return getattr(self, "hf_transfer_freeze_state", None)
+
+    # -- surgery -----------------------------------------------------------------------------------------
+
+    def _feature_dim(self, pooling: str = "avg") -> int:
+        """Width of the pooled features the classifier sees (recorded in the config once known)."""
+        meta = self._meta()
+        if "feature_dim" not in meta:
+            head = get_module(self, self.arch.head)
+            first = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
+            if first is None or isinstance(head, ClassificationHead):
+                first = None
+            meta["feature_dim"] = first.in_features if first is not None else self._probe_channels()
+            self._set_meta(feature_dim=meta["feature_dim"])
+        if pooling == "avg":
+            return int(meta["feature_dim"])
+        if "channels_dim" not in meta:
+            channels = meta["feature_dim"] if self.arch.head_style != "mlp" else self._probe_channels()
+            self._set_meta(channels_dim=channels)
+            meta["channels_dim"] = channels
+        return int(meta["channels_dim"]) * (2 if pooling == "concat" else 1)
+
+    def _probe_channels(self) -> int:
+        size = self.arch.min_image_size
+        p = next(self.parameters())
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            x = torch.zeros(1, self.num_input_channels, size, size, dtype=p.dtype, device=p.device)
+            channels = self.forward_features(x).shape[1]
+        self.train(was_training)
+        return int(channels)
+
+    def _install_head(self, spec: HeadSpec, num_labels: int) -> None:
+        set_module(self, self.arch.head, ClassificationHead(self._feature_dim(spec.pooling), num_labels, spec))
+
+    def set_head(self, num_labels: int, id2label: dict | None = None, head: HeadSpec | dict | None = None) -> None:
+        """Replace the classifier with a freshly initialised one for `num_labels` classes.
+
+        With no `head` (or a plain `HeadSpec()`), the native classifier layout is kept (plain transformers
+        can load the result); for MLP classifiers (AlexNet, VGG) only the last Linear is replaced. A
+        `HeadSpec` replaces the whole classifier.
+        """
+        num_labels, id2label, label2id = _normalise_labels(num_labels, id2label, None)
+        spec = HeadSpec.parse(head) or HeadSpec()
+        arch = self.arch
+        ref = next(self.parameters())
+        if spec.is_native:
+            in_features = self._feature_dim()
+            old = get_module(self, arch.head)
+            if arch.head_style == "mlp":
+                path = _last_linear_path(old)
+                set_module(old, path, nn.Linear(get_module(old, path).in_features, num_labels))
+            elif arch.head_style == "flatten_linear":
+                set_module(self, arch.head, nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_labels)))
+            else:
+                set_module(self, arch.head, nn.Linear(in_features, num_labels))
+        else:
+            self._install_head(spec, num_labels)
+        get_module(self, arch.head).to(device=ref.device, dtype=ref.dtype)
+        self.config.num_labels = num_labels
+        self.config.id2label = id2label
+        self.config.label2id = label2id
+        self.num_labels = num_labels
+        self._set_meta(head=None if spec.is_native else spec.to_dict())
+
+    def set_num_channels(self, num_channels: int) -> None:
+        """Adapt the stem to `num_channels` input channels (rule: `adapt_conv_weight`)."""
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+            raise ValueError(f"num_channels={num_channels!r}; use a positive integer (1 = grayscale, 3 = RGB).")
+        arch = self.arch
+        ref = next(self.parameters())
+        if arch.standardized_stem:
+            backbone_channels = self.config.num_channels
+            if num_channels == backbone_channels:
+                self.__dict__.get("_modules", {}).pop("input_adapter", None)
+                self._set_meta(input_channels=None)
+            else:
+                adapter = nn.Conv2d(num_channels, backbone_channels, 1, bias=False).to(ref.device)
+                with torch.no_grad():
+                    adapter.weight.copy_(_adapter_weight(num_channels, backbone_channels, ref.dtype, ref.device))
+                self.input_adapter = adapter
+                self._set_meta(input_channels=num_channels)
+        else:
+            conv = get_module(self, arch.first_conv)
+            with torch.no_grad():
+                conv.weight = nn.Parameter(adapt_conv_weight(conv.weight.detach(), num_channels),
+                                           requires_grad=conv.weight.requires_grad)
+            conv.in_channels = num_channels
+            for path in arch.stem:
+                for m in get_module(self, path).modules():
+                    if isinstance(getattr(m, "num_channels", None), int):
+                        m.num_channels = num_channels
+            self.config.num_channels = num_channels
+        if self.image_processor is not None:
+            self.image_processor = adapt_image_processor(self.image_processor, num_channels=num_channels)
+        if num_channels > 3:
+            logger.info("Channels beyond RGB start with zero weights; they carry signal once the stem trains.")
+        if self.freeze_state is not None:
+            self.freeze(self.freeze_state.trainable_stages)
+
+    def set_image_size(self, image_size: int) -> None:
+        """Set the input size (config and image processor); it must be at least the architecture minimum."""
+        minimum = self.arch.min_image_size
+        if not isinstance(image_size, int) or image_size < minimum:
+            raise ValueError(
+                f"image_size={image_size} is below the minimum of {minimum} px for {self.config.model_type!r}; "
+                f"use image_size >= {minimum} (upscale small images)."
+            )
+        if hasattr(self.config, "image_size"):
+            self.config.image_size = image_size
+        self._set_meta(image_size=image_size)
+        if self.image_processor is not None:
+            self.image_processor = adapt_image_processor(self.image_processor, image_size=image_size)
+
+    def _load_processor(self, name_or_path, hub_kwargs):
+        from transformers import AutoImageProcessor
+
+        try:
+            proc = AutoImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
+        except (OSError, ValueError, KeyError):
+            size = self._meta().get("image_size") or getattr(self.config, "image_size", None) or 224
+            proc = default_image_processor(self.config.model_type, int(size))
+        if len(proc.image_mean or ()) != self.num_input_channels:
+            proc = adapt_image_processor(proc, num_channels=self.num_input_channels)
+        return proc
+
+    # -- freezing ------------------------------------------------------------------------------------------
+
+    def freeze(self, trainable_stages: int | str = 0) -> FreezeState:
+        """Keras-style: freeze the backbone except the top `trainable_stages` stages (or "all")."""
+        state = apply_freeze(self, self.stage_units(), trainable_stages)
+        self._set_meta(trainable_stages=state.trainable_stages)
+        return state
+
+    def unfreeze(self) -> FreezeState:
+        """Make every stage trainable (same as ``freeze("all")``)."""
+        return self.freeze("all")
+
+    # -- forward -------------------------------------------------------------------------------------------
+
+    def _check_input(self, pixel_values: torch.Tensor) -> None:
+        if pixel_values is None:
+            raise ValueError("pixel_values is required.")
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must be [batch, channels, height, width], got shape {tuple(pixel_values.shape)}.")
+        c, h, w = pixel_values.shape[1:]
+        if c != self.num_input_channels:
+            raise ValueError(
+                f"pixel_values has {c} channels but the model expects {self.num_input_channels}; convert the images "
+                f"(the model's image_processor does) or adapt the model with num_channels={c}."
+            )
+        minimum = self.arch.min_image_size
+        if min(h, w) < minimum:
+            raise ValueError(f"Input {h}x{w} is smaller than the minimum {minimum}x{minimum} for {self.config.model_type!r}.")
+
+    def forward_features(self, pixel_values: torch.Tensor, output_hidden_states: bool = False,
+                         start: int = 0) -> Any:
+        """Run stage units ``start..end`` (and the neck); returns the final feature map.
+
+        `start` > 0 feeds `pixel_values` as the output of unit ``start - 1`` (used for cached features).
+        """
+        hidden = []
+        x = pixel_values
+        units = self.stage_units()
+        arch = self.arch
+        tail = len(arch.neck) + len(arch.post_pool)
+        for unit in units[start:]:
+            mods = unit.modules[: len(unit.modules) - tail] if unit is units[-1] and tail else unit.modules
+            for m in mods:
+                x = m(x)
+            if output_hidden_states:
+                hidden.append(x)
+        for path in arch.neck:
+            x = get_module(self, path)(x)
+        return (x, tuple(hidden)) if output_hidden_states else x
+
+    def _pool(self, x: torch.Tensor, spec: HeadSpec) -> torch.Tensor:
+        arch = self.arch
+        if spec.pooling == "avg":
+            pooled = get_module(self, arch.pooler)(x).flatten(1) if arch.pooler else x.mean((-2, -1))
+            return self._post_pool(pooled)
+        mx = x.amax((-2, -1))
+        if spec.pooling == "max":
+            return self._post_pool(mx)
+        return torch.cat([self._post_pool(x.mean((-2, -1))), self._post_pool(mx)], dim=-1)
+
+    def _post_pool(self, pooled: torch.Tensor) -> torch.Tensor:
+        for path in self.arch.post_pool:
+            pooled = get_module(self, path)(pooled)
+        return pooled
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool a feature map and classify it."""
+        arch = self.arch
+        pooled = self._pool(features, self.head_spec)
+        if arch.head_dropout:
+            pooled = get_module(self, arch.head_dropout)(pooled)
+        return get_module(self, arch.head)(pooled)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        self._check_input(pixel_values)
+        output_hidden_states = bool(output_hidden_states if output_hidden_states is not None
+                                    else self.config.output_hidden_states)
+        if output_hidden_states:
+            features, hidden = self.forward_features(pixel_values, output_hidden_states=True)
+        else:
+            features, hidden = self.forward_features(pixel_values), None
+        logits = self.forward_head(features)
+        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        if not return_dict:
+            out = (logits,) + ((hidden,) if hidden is not None else ())
+            return ((loss,) + out) if loss is not None else out
+        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden)
+
+    # -- saving ---------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> Any:
+        """Save weights and config under the native class name, plus the image processor."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            native = self._native_class.__name__ if self._native_class else type(self).__name__
+            self.config.architectures = [native]
+            self.config.save_pretrained(save_directory)
+            if self.image_processor is not None:
+                self.image_processor.save_pretrained(save_directory)
+        return result
+
+
+_HUB_KWARGS = {"revision", "token", "cache_dir", "force_download", "local_files_only", "proxies",
+               "subfolder", "trust_remote_code", "torch_dtype", "dtype", "device_map", "attn_implementation"}

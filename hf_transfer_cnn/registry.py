@@ -1,0 +1,206 @@
+"""Per-architecture facts, as data.
+
+Everything hf-transfer-cnn knows about a model type lives in one `ArchSpec`: where the stem, the stages,
+the neck and the head are (as dotted module paths of the *ForImageClassification* model), which conv
+sees the pixels, and the smallest input it can take. The rest of the library derives behaviour from
+these facts with small pure functions (`stage_units`, `get_module`), so adding an architecture is adding
+one entry here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+__all__ = ["ArchSpec", "StageUnit", "register_arch", "get_arch", "supported_model_types", "stage_units",
+           "get_module", "UnsupportedArchitectureError"]
+
+
+class UnsupportedArchitectureError(ValueError):
+    """Raised for a `model_type` the registry does not know."""
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where things are in one architecture's image-classification model.
+
+    Paths are dotted attribute paths from the top-level classification model.
+    """
+
+    model_type: str
+    stem: tuple[str, ...]
+    """Modules run in order on the pixels, before the first stage."""
+    stages: str
+    """A ModuleList: each entry a stage (``grouping="modules"``) or a block (``grouping="stride"``)."""
+    first_conv: str
+    """The conv that sees the pixels (input-channel adaptation happens here)."""
+    grouping: Literal["modules", "stride"] = "modules"
+    """"stride": consecutive blocks are grouped into stages by output resolution; a block that
+    downsamples starts a new stage."""
+    neck: tuple[str, ...] = ()
+    """Modules after the last stage, before pooling; frozen and unfrozen with the last stage."""
+    pooler: str | None = None
+    """Module producing the pooled features (then flattened); None means a global mean over H and W."""
+    post_pool: tuple[str, ...] = ()
+    """Modules applied to the pooled vector before the head; they belong to the last stage."""
+    head_dropout: str | None = None
+    """Dropout module applied before the classifier (part of the head)."""
+    head: str = "classifier"
+    """The classifier: the "DNN layers" a new task replaces."""
+    head_style: Literal["linear", "flatten_linear", "mlp"] = "linear"
+    """How the native classifier is built: a Linear, Sequential(Flatten, Linear), or an MLP whose last
+    Linear is the output layer."""
+    min_image_size: int = 32
+    """Smallest square input (pixels) the network is built for."""
+    standardized_stem: bool = False
+    """The first conv standardises its own weights (BiT), so channel changes cannot be folded into it."""
+    extra_trainable: tuple[str, ...] = field(default_factory=tuple)
+    """Modules outside stem/stages/neck/head that train with the head (e.g. auxiliary classifiers)."""
+
+
+@dataclass
+class StageUnit:
+    """One freezable unit: a named stage and the modules it is made of, in forward order."""
+
+    name: str
+    modules: list[nn.Module]
+
+    def parameters(self):
+        for m in self.modules:
+            yield from m.parameters()
+
+
+_REGISTRY: dict[str, ArchSpec] = {}
+
+
+def register_arch(spec: ArchSpec, *, overwrite: bool = False) -> ArchSpec:
+    """Add an architecture's facts to the registry."""
+    if spec.model_type in _REGISTRY and not overwrite:
+        raise ValueError(f"model_type {spec.model_type!r} is already registered; pass overwrite=True to replace it.")
+    _REGISTRY[spec.model_type] = spec
+    return spec
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_arch(model_type: str | None) -> ArchSpec:
+    """The registry entry for `model_type`, or an error naming it and listing what is supported."""
+    _ensure_families_loaded()
+    spec = _REGISTRY.get(model_type or "")
+    if spec is None:
+        raise UnsupportedArchitectureError(
+            f"model_type {model_type!r} is not supported by hf-transfer-cnn. Supported model types: "
+            f"{', '.join(supported_model_types())}. To add one, describe it with "
+            "`hf_transfer_cnn.registry.register_arch(ArchSpec(...))`."
+        )
+    return spec
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    """Resolve a dotted attribute path (`"resnet.encoder.stages"`) below `root`."""
+    mod = root
+    for part in path.split("."):
+        mod = mod[int(part)] if part.isdigit() and isinstance(mod, (nn.ModuleList, nn.Sequential)) else getattr(mod, part)
+    return mod
+
+
+def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = get_module(root, parent_path) if parent_path else root
+    if name.isdigit() and isinstance(parent, (nn.ModuleList, nn.Sequential)):
+        parent[int(name)] = new
+    else:
+        setattr(parent, name, new)
+
+
+def block_stride(block: nn.Module) -> int:
+    """How much a block downsamples: the largest stride of any conv or pool inside it."""
+    stride = 1
+    for m in block.modules():
+        s = getattr(m, "stride", None)
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)) and s is not None:
+            s = s if isinstance(s, int) else max(s)
+            stride = max(stride, int(s))
+    return stride
+
+
+def group_by_stride(blocks: list[nn.Module]) -> list[list[nn.Module]]:
+    """Consecutive blocks at the same output resolution form one stage; a downsampling block opens one."""
+    groups: list[list[nn.Module]] = []
+    for block in blocks:
+        if not groups or block_stride(block) > 1:
+            groups.append([block])
+        else:
+            groups[-1].append(block)
+    return groups
+
+
+def stage_units(model: nn.Module, spec: ArchSpec) -> list[StageUnit]:
+    """The model's freezable units, input to output: ``stem``, ``stage1`` … ``stageN``.
+
+    The neck and post-pool modules are part of the last stage. The head is not a unit: it always trains.
+    """
+    stem = [get_module(model, p) for p in spec.stem]
+    adapter = getattr(model, "input_adapter", None)
+    if isinstance(adapter, nn.Module):
+        stem.insert(0, adapter)
+    stage_list = list(get_module(model, spec.stages))
+    groups = group_by_stride(stage_list) if spec.grouping == "stride" else [[s] for s in stage_list]
+    units = [StageUnit("stem", stem)] + [StageUnit(f"stage{i + 1}", g) for i, g in enumerate(groups)]
+    tail = [get_module(model, p) for p in spec.neck + spec.post_pool]
+    units[-1].modules.extend(tail)
+    return units
+
+
+_FAMILIES_LOADED = False
+
+
+def _ensure_families_loaded() -> None:
+    # Families outside transformers (LeNet, torchvision-backed, timm) register themselves on import.
+    global _FAMILIES_LOADED
+    if not _FAMILIES_LOADED:
+        _FAMILIES_LOADED = True
+        from . import families  # noqa: F401
+
+
+# --- transformers-native architectures -------------------------------------------------------------
+
+register_arch(ArchSpec(
+    model_type="resnet", stem=("resnet.embedder",), stages="resnet.encoder.stages",
+    first_conv="resnet.embedder.embedder.convolution", pooler="resnet.pooler",
+    head_style="flatten_linear",
+))
+register_arch(ArchSpec(
+    model_type="regnet", stem=("regnet.embedder",), stages="regnet.encoder.stages",
+    first_conv="regnet.embedder.embedder.convolution", pooler="regnet.pooler",
+    head_style="flatten_linear",
+))
+register_arch(ArchSpec(
+    model_type="bit", stem=("bit.embedder",), stages="bit.encoder.stages", neck=("bit.norm",),
+    first_conv="bit.embedder.convolution", pooler="bit.pooler", head_style="flatten_linear",
+    standardized_stem=True,
+))
+for _t in ("convnext", "convnextv2"):
+    register_arch(ArchSpec(
+        model_type=_t, stem=(f"{_t}.embeddings",), stages=f"{_t}.encoder.stages",
+        first_conv=f"{_t}.embeddings.patch_embeddings", post_pool=(f"{_t}.layernorm",),
+    ))
+register_arch(ArchSpec(
+    model_type="efficientnet", stem=("efficientnet.embeddings",), stages="efficientnet.encoder.blocks",
+    grouping="stride", first_conv="efficientnet.embeddings.convolution",
+    neck=("efficientnet.encoder.top_conv", "efficientnet.encoder.top_bn", "efficientnet.encoder.top_activation"),
+    pooler="efficientnet.pooler", head_dropout="dropout",
+))
+register_arch(ArchSpec(
+    model_type="mobilenet_v1", stem=("mobilenet_v1.conv_stem",), stages="mobilenet_v1.layer", grouping="stride",
+    first_conv="mobilenet_v1.conv_stem.convolution", pooler="mobilenet_v1.pooler", head_dropout="dropout",
+))
+register_arch(ArchSpec(
+    model_type="mobilenet_v2", stem=("mobilenet_v2.conv_stem",), stages="mobilenet_v2.layer", grouping="stride",
+    first_conv="mobilenet_v2.conv_stem.first_conv.convolution", neck=("mobilenet_v2.conv_1x1",),
+    pooler="mobilenet_v2.pooler", head_dropout="dropout",
+))
