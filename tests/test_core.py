@@ -1,0 +1,308 @@
+"""Issue #2: TransferModel semantics on every transformers-native architecture."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+from safetensors.torch import load_file
+
+from conftest import NATIVE_TYPES
+from hf_transfer_cnn import HeadSpec, TransferModel, get_arch
+from hf_transfer_cnn.registry import get_module
+
+HEAD_PREFIXES = ("classifier", "dropout")
+
+
+def _checkpoint_state(path: str) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith(HEAD_PREFIXES)
+
+
+@pytest.mark.parametrize("model_type", NATIVE_TYPES)
+def test_registry_forward_matches_native(tiny_checkpoints, model_type):
+    """The registry-driven forward is the native forward: same logits on the unmodified checkpoint."""
+    path = tiny_checkpoints[model_type]
+    native = T.AutoModelForImageClassification.from_pretrained(path).eval()
+    model = TransferModel.from_pretrained(path).eval()
+    assert isinstance(model, type(native)) and isinstance(model, T.PreTrainedModel)
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(model(x).logits, native(x).logits, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", NATIVE_TYPES)
+def test_head_swap_keeps_backbone_bit_identical(tiny_checkpoints, model_type):
+    path = tiny_checkpoints[model_type]
+    id2label = {0: "cat", 1: "dog", 2: "bird", 3: "fish", 4: "frog", 5: "ant", 6: "bee"}
+    model = TransferModel.from_pretrained(path, id2label=id2label)
+    ckpt = _checkpoint_state(path)
+    state = model.state_dict()
+    backbone = [k for k in ckpt if not _is_head(k)]
+    assert backbone, "checkpoint has backbone weights"
+    for k in backbone:
+        assert torch.equal(state[k], ckpt[k]), k
+    head = get_module(model, get_arch(model_type).head)
+    out = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert out.out_features == 7
+    assert model.config.num_labels == 7
+    assert model.config.id2label == id2label
+    assert model.config.label2id == {v: k for k, v in id2label.items()}
+    x = torch.randn(2, 3, 40, 40)
+    assert model.eval()(x).logits.shape == (2, 7)
+
+
+@pytest.mark.parametrize("model_type", NATIVE_TYPES)
+def test_grayscale_adaptation_equals_replicated_rgb(tiny_checkpoints, model_type):
+    path = tiny_checkpoints[model_type]
+    rgb = TransferModel.from_pretrained(path).eval()
+    gray = TransferModel.from_pretrained(path, num_channels=1).eval()
+    x = torch.randn(3, 1, 40, 40, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(gray(x).logits, rgb(x.expand(-1, 3, -1, -1)).logits, rtol=0, atol=1e-5)
+    assert gray.num_input_channels == 1
+    proc = gray.image_processor
+    assert len(proc.image_mean) == 1 and len(proc.image_std) == 1
+    assert proc.image_mean[0] == pytest.approx(sum(rgb.image_processor.image_mean) / 3)
+    with pytest.raises(ValueError, match="expects 1"):
+        gray(torch.randn(1, 3, 40, 40))
+
+
+@pytest.mark.parametrize("model_type", ["resnet", "bit", "mobilenet_v2"])
+def test_more_than_three_channels_rule(tiny_checkpoints, model_type):
+    """N>3: the first three channels keep the RGB kernels, extra channels start at zero."""
+    path = tiny_checkpoints[model_type]
+    rgb = TransferModel.from_pretrained(path).eval()
+    five = TransferModel.from_pretrained(path, num_channels=5).eval()
+    x = torch.randn(2, 5, 40, 40, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(five(x).logits, rgb(x[:, :3]).logits, rtol=0, atol=1e-5)
+    proc = five.image_processor
+    assert len(proc.image_mean) == 5
+    assert list(proc.image_mean[:3]) == list(rgb.image_processor.image_mean)
+
+
+def test_image_processor_outputs_model_input(tiny_checkpoints):
+    from PIL import Image
+    import numpy as np
+
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_channels=1, image_size=72, num_labels=2)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120), dtype=np.uint8), "L")
+    pv = model.image_processor(img, return_tensors="pt")["pixel_values"]
+    assert tuple(pv.shape) == (1, 1, 72, 72)
+    assert model.eval()(pv).logits.shape == (1, 2)
+
+
+@pytest.mark.parametrize("model_type", NATIVE_TYPES)
+def test_image_size_minimum(tiny_checkpoints, model_type):
+    path = tiny_checkpoints[model_type]
+    minimum = get_arch(model_type).min_image_size
+    for size in (minimum, minimum + 13):
+        model = TransferModel.from_pretrained(path, num_labels=3, image_size=size, trainable_stages="all")
+        out = model.train()(torch.randn(2, 3, size, size), labels=torch.tensor([0, 2]))
+        assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
+        out.loss.backward()
+    with pytest.raises(ValueError, match=f"minimum of {minimum}"):
+        TransferModel.from_pretrained(path, num_labels=3, image_size=minimum - 1)
+    with pytest.raises(ValueError, match="smaller than the minimum"):
+        model(torch.randn(1, 3, minimum - 1, minimum - 1))
+
+
+def _bn_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+class _Tiny(torch.utils.data.Dataset):
+    def __init__(self, n=16, channels=3, size=40, num_labels=3, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, channels, size, size, generator=g)
+        self.y = torch.randint(0, num_labels, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.x[i], "labels": self.y[i]}
+
+
+def _train(model, tmp_path, steps=3, **args):
+    targs = T.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=4, learning_rate=0.05,
+        weight_decay=0.1, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
+        disable_tqdm=True, seed=0, **args)
+    T.Trainer(model=model, args=targs, train_dataset=_Tiny(num_labels=model.config.num_labels)).train()
+
+
+@pytest.mark.parametrize("model_type", NATIVE_TYPES)
+def test_freezing_through_trainer(tiny_checkpoints, tmp_path, model_type):
+    """Frozen params and BN stats bit-identical through Trainer (weight decay on); trainable parts train."""
+    path = tiny_checkpoints[model_type]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1)
+    units = model.stage_units()
+    frozen, top = units[:-1], units[-1]
+    before = {u.name: [p.detach().clone() for p in u.parameters()] for u in units}
+    bn_before = {u.name: [_bn_buffers(m) for m in u.modules] for u in frozen}
+    head_before = [p.detach().clone() for p in model.classifier.parameters()]
+    _train(model, tmp_path)
+    for u in frozen:
+        assert all(torch.equal(a, b) for a, b in zip(before[u.name], u.parameters())), u.name
+        for m, bufs in zip(u.modules, bn_before[u.name]):
+            after = _bn_buffers(m)
+            assert all(torch.equal(bufs[k], after[k]) for k in bufs), u.name
+            assert not m.training, f"{u.name} left inference mode"
+    assert any(not torch.equal(a, b) for a, b in zip(before[top.name], top.parameters())), "top stage did not train"
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, model.classifier.parameters())), "head did not train"
+
+
+def test_feature_extraction_trains_only_head(tiny_checkpoints, tmp_path):
+    path = tiny_checkpoints["mobilenet_v2"]
+    model = TransferModel.from_pretrained(path, num_labels=3)  # trainable_stages=0
+    backbone = {k: v.clone() for k, v in model.state_dict().items() if not _is_head(k)}
+    head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("classifier")}
+    _train(model, tmp_path)
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in backbone.items())
+    assert any(not torch.equal(v, after[k]) for k, v in head.items())
+
+
+def test_no_graph_below_lowest_trainable_stage(tiny_checkpoints):
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3, trainable_stages=2).train()
+    units = model.stage_units()
+    seen = {}
+    hooks = [u.modules[-1].register_forward_hook(lambda m, i, o, name=u.name: seen.__setitem__(name, o))
+             for u in units]
+    out = model(torch.randn(2, 3, 40, 40), labels=torch.tensor([0, 1]))
+    for h in hooks:
+        h.remove()
+    boundary = len(units) - 2
+    for u in units[:boundary]:
+        assert seen[u.name].grad_fn is None and not seen[u.name].requires_grad, u.name
+    for u in units[boundary:]:
+        assert seen[u.name].grad_fn is not None, u.name
+    out.loss.backward()
+    assert all(p.grad is None for u in units[:boundary] for p in u.parameters())
+    assert all(p.grad is not None for p in units[-1].parameters())
+
+
+def test_freeze_unfreeze_api(tiny_checkpoints):
+    model = TransferModel.from_pretrained(tiny_checkpoints["convnext"], num_labels=2)
+    assert model.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
+    assert model.freeze_state.trainable_stages == 0
+    model.freeze(trainable_stages=2)
+    assert model.freeze_state.trainable_stage_names == ["stage3", "stage4"]
+    grads = {u.name: {p.requires_grad for p in u.parameters()} for u in model.stage_units()}
+    assert grads == {"stem": {False}, "stage1": {False}, "stage2": {False}, "stage3": {True}, "stage4": {True}}
+    model.unfreeze()
+    assert all(p.requires_grad for p in model.parameters())
+    assert model.freeze_state.trainable_stages == 5
+    model.train()
+    assert all(m.training for m in model.modules())
+
+
+def test_custom_head_save_load_roundtrip(tiny_checkpoints, tmp_path):
+    head = {"hidden_sizes": [24, 12], "dropout": 0.2, "pooling": "concat"}
+    model = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=5, num_channels=1,
+                                          head=head, trainable_stages=2).eval()
+    x = torch.randn(2, 1, 40, 40)
+    expected = model(x).logits
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "preprocessor_config.json").exists()
+    again = TransferModel.from_pretrained(tmp_path / "saved", trainable_stages=2).eval()
+    assert again.head_spec == HeadSpec(hidden_sizes=(24, 12), dropout=0.2, pooling="concat")
+    assert torch.equal(again(x).logits, expected)
+    assert [n for n, p in again.named_parameters() if p.requires_grad] == \
+        [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("model_type", ["resnet", "mobilenet_v2", "bit"])
+def test_head_pooling_options(tiny_checkpoints, model_type):
+    for pooling in ("max", "concat"):
+        model = TransferModel.from_pretrained(tiny_checkpoints[model_type], num_labels=3,
+                                              head={"pooling": pooling}).eval()
+        assert model(torch.randn(2, 3, 40, 40)).logits.shape == (2, 3)
+
+
+PLAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys, json
+    sys.modules["hf_transfer_cnn"] = None  # the package must not be importable here
+    import torch
+    from transformers import AutoModelForImageClassification, pipeline
+    from PIL import Image
+    path, x_path = sys.argv[1], sys.argv[2]
+    model = AutoModelForImageClassification.from_pretrained(path).eval()
+    x = torch.load(x_path)
+    logits = model(x).logits
+    clf = pipeline("image-classification", model=path, device="cpu")
+    preds = clf(Image.new("RGB", (50, 60), (120, 30, 200)))
+    print(json.dumps({"cls": type(model).__name__, "logits": logits.tolist(), "labels": [p["label"] for p in preds]}))
+    """
+)
+
+
+def test_saved_model_loads_with_plain_transformers(tiny_checkpoints, tmp_path):
+    id2label = {0: "cat", 1: "dog", 2: "bird"}
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], id2label=id2label, num_channels=3,
+                                          image_size=48, trainable_stages=1).eval()
+    out_dir = tmp_path / "plain"
+    model.save_pretrained(out_dir)
+    cfg = json.loads((out_dir / "config.json").read_text())
+    assert cfg["architectures"] == ["ResNetForImageClassification"] and cfg["model_type"] == "resnet"
+    x = torch.randn(2, 3, 48, 48)
+    torch.save(x, tmp_path / "x.pt")
+    script = tmp_path / "plain_load.py"
+    script.write_text(PLAIN_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, str(script), str(out_dir), str(tmp_path / "x.pt")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["cls"] == "ResNetForImageClassification"
+    torch.testing.assert_close(torch.tensor(got["logits"]), model(x).logits, rtol=0, atol=1e-5)
+    assert set(got["labels"]) <= set(id2label.values()) and len(got["labels"]) == 3
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+def test_unknown_model_type(tmp_path):
+    cfg = T.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                      image_size=32, patch_size=16)
+    T.ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"'vit' is not supported.*resnet"):
+        TransferModel.from_pretrained(tmp_path / "vit")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_labels": 0}, "at least 1 label"),
+        ({"num_labels": 3, "id2label": {0: "a", 1: "b"}}, "num_labels=3 but id2label has 2"),
+        ({"id2label": {0: "a", 2: "b"}}, "keys must be 0..1"),
+        ({"num_channels": 0}, "num_channels=0"),
+        ({"trainable_stages": 9}, "only 5 stages"),
+        ({"trainable_stages": -1}, "negative"),
+        ({"trainable_stages": "most"}, "not understood"),
+        ({"image_size": 16}, "minimum of 32"),
+        ({"head": {"pooling": "median"}}, "pooling='median'"),
+        ({"head": {"width": 3}}, "Unknown head option"),
+    ],
+)
+def test_bad_arguments(tiny_checkpoints, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        TransferModel.from_pretrained(tiny_checkpoints["resnet"], **kwargs)
+
+
+def test_checkpoint_without_weights(tiny_checkpoints, tmp_path):
+    src = Path(tiny_checkpoints["resnet"])
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    (empty / "config.json").write_text((src / "config.json").read_text())
+    with pytest.raises(OSError, match="needs a checkpoint with weights"):
+        TransferModel.from_pretrained(empty)
