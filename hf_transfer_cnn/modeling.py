@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -487,9 +488,13 @@ class TransferModel(nn.Module):
 
     # -- freezing ------------------------------------------------------------------------------------------
 
-    def freeze(self, trainable_stages: int | str = 0) -> FreezeState:
-        """Keras-style: freeze the backbone except the top `trainable_stages` stages (or "all")."""
-        state = apply_freeze(self, self.stage_units(), trainable_stages)
+    def freeze(self, trainable_stages: int | str = 0, keep_requires_grad: Iterable[str] = ()) -> FreezeState:
+        """Keras-style: freeze the backbone except the top `trainable_stages` stages (or "all").
+
+        `keep_requires_grad` (used by FreezeScheduler) names frozen stages whose parameters stay registered with
+        autograd for a later unfreeze; they still get no gradient while frozen.
+        """
+        state = apply_freeze(self, self.stage_units(), trainable_stages, keep_requires_grad)
         self._set_meta(trainable_stages=state.trainable_stages)
         return state
 

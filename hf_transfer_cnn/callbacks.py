@@ -1,0 +1,291 @@
+"""FreezeScheduler: unfreeze the top stages at a step and lower the learning rate — correct by construction.
+
+Add it to an existing Trainer script, nothing else changes::
+
+    trainer = Trainer(model=model, args=args, train_dataset=ds,
+                      callbacks=[FreezeScheduler(unfreeze_at_step=500, num_stages=2, lr_factor=0.1)])
+
+How it stays correct:
+
+* At ``Trainer.__init__`` (before the optimizer and DDP exist) the stages it will unfreeze later are put
+  in the optimizer and in DDP's buckets (``requires_grad=True``) but run frozen (``no_grad``, eval mode),
+  so they get no gradient until their step; stages it never unfreezes are left out entirely.
+* Everything is a pure function of ``state.global_step`` (optimizer steps, so gradient accumulation is
+  accounted for): which stages train, and the lr factor, which is folded into the LR scheduler's
+  lambdas. A resumed run, and every DDP rank, computes exactly what the uninterrupted run did.
+* ``stage_lr_decay`` uses `StageLrMultipliers` (no new param groups, same optimizer layout on resume).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import sys
+from collections.abc import Sequence
+
+from torch import nn
+from transformers import TrainerCallback
+
+from .freezing import apply_freeze, resolve_trainable_stages, units_for
+from .optim import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FreezeScheduler"]
+
+Stages = int | str
+
+
+class FreezeScheduler(TrainerCallback):
+    """Unfreeze the top-N stages at an optimizer step (or epoch) and scale the learning rate.
+
+    Args:
+        unfreeze_at_step: optimizer step (``state.global_step``) at which `num_stages` top stages start training.
+        num_stages: how many top stages to unfreeze (an int or ``"all"``).
+        schedule: multi-phase form ``[(step, stages), ...]``, e.g. ``[(0, 0), (500, 2), (1500, "all")]``.
+        unfreeze_at_epoch: like `unfreeze_at_step`, in epochs (converted to a step at train begin).
+        lr_factor: from the first unfreeze on, every learning rate is ``lr_factor`` × the scheduler's value.
+        stage_lr_decay: discriminative LR: the top trainable stage gets ``stage_lr_decay`` × the head's LR,
+            and each lower trainable stage ``stage_lr_decay`` × the one above.
+    """
+
+    def __init__(
+        self,
+        unfreeze_at_step: int | None = None,
+        num_stages: Stages | None = None,
+        *,
+        schedule: Sequence[tuple[int, Stages]] | None = None,
+        unfreeze_at_epoch: float | None = None,
+        lr_factor: float = 1.0,
+        stage_lr_decay: float | None = None,
+    ):
+        triggers = [x is not None for x in (unfreeze_at_step, unfreeze_at_epoch, schedule)]
+        if sum(triggers) != 1:
+            raise ValueError(
+                "Give exactly one of unfreeze_at_step, unfreeze_at_epoch or schedule "
+                f"(got unfreeze_at_step={unfreeze_at_step}, unfreeze_at_epoch={unfreeze_at_epoch}, schedule={schedule})."
+            )
+        if schedule is None and num_stages is None:
+            raise ValueError("num_stages is required with unfreeze_at_step/unfreeze_at_epoch (an int or 'all').")
+        if schedule is not None and num_stages is not None:
+            raise ValueError("num_stages goes inside schedule=[(step, num_stages), ...]; don't pass both.")
+        if not (isinstance(lr_factor, (int, float)) and lr_factor > 0):
+            raise ValueError(f"lr_factor={lr_factor!r} must be a positive number (e.g. 0.1).")
+        if stage_lr_decay is not None and not (0 < stage_lr_decay <= 1):
+            raise ValueError(f"stage_lr_decay={stage_lr_decay!r} must be in (0, 1].")
+        self._epoch_trigger = unfreeze_at_epoch
+        if unfreeze_at_epoch is not None:
+            if unfreeze_at_epoch < 0:
+                raise ValueError(f"unfreeze_at_epoch={unfreeze_at_epoch} must be >= 0.")
+            raw = [(0, 0), (None, num_stages)]
+        elif unfreeze_at_step is not None:
+            raw = [(0, 0), (unfreeze_at_step, num_stages)]
+        else:
+            raw = list(schedule)
+            if not raw or raw[0][0] != 0:
+                raw = [(0, 0)] + raw
+        for step, _ in raw:
+            if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+                raise ValueError(f"Schedule step {step!r} must be a non-negative integer optimizer step.")
+        steps = [s for s, _ in raw if s is not None]
+        if steps != sorted(steps) or len(set(steps)) != len(steps):
+            raise ValueError(f"Schedule steps must be strictly increasing, got {steps}.")
+        self._raw_schedule = raw
+        self.lr_factor = float(lr_factor)
+        self.stage_lr_decay = stage_lr_decay
+        # resolved against a model:
+        self.steps: list[int] = []
+        self.stages: list[int] = []
+        self._units = None
+        self._model: nn.Module | None = None
+        self._current: int | None = None
+        self._multipliers: StageLrMultipliers | None = None
+
+    # -- library API (also used by plain Accelerate loops) -------------------------------------------------
+
+    def prepare_model(self, model: nn.Module) -> None:
+        """Freeze `model` for step 0 and register the stages to be unfrozen later with autograd.
+
+        Call before the optimizer (and DDP) are created.
+        """
+        model = _unwrap_model(model)
+        units = units_for(model)  # raises a clear error for architectures not in the registry
+        names = [u.name for u in units]
+        counts = [resolve_trainable_stages(n, len(units), names) for _, n in self._raw_schedule]
+        self._units, self._model = units, model
+        self.stages = counts
+        self.steps = self._resolve_steps(None)
+        later = set(names[len(names) - max(counts):]) - set(names[len(names) - counts[0]:] if counts[0] else [])
+        self._keep = later
+        self._current = None
+        self._apply(0, force=True)
+
+    def attach(self, optimizer=None, lr_scheduler=None, *, max_steps: int | None = None,
+               steps_per_epoch: int | None = None, global_step: int = 0) -> None:
+        """Validate against the optimizer/scheduler, fold ``lr_factor`` into the scheduler, apply ``global_step``.
+
+        Call after the optimizer and scheduler exist (and after loading a checkpoint when resuming).
+        """
+        if self._model is None:
+            raise RuntimeError("Call FreezeScheduler.prepare_model(model) before attach().")
+        if self._epoch_trigger is not None and not steps_per_epoch:
+            raise ValueError("unfreeze_at_epoch needs steps_per_epoch (optimizer steps per epoch).")
+        self.steps = self._resolve_steps(steps_per_epoch)
+        if optimizer is not None:
+            self._check_optimizer(optimizer)
+        if max_steps is not None and max_steps > 0:
+            late = [s for s in self.steps[1:] if s >= max_steps]
+            if late:
+                logger.warning("FreezeScheduler: unfreeze step(s) %s are at or after max_steps=%d and will never "
+                               "happen; lower them or raise max_steps.", late, max_steps)
+        if lr_scheduler is not None and self.lr_factor != 1.0:
+            scale_lr_schedule(lr_scheduler, self.lr_factor_at)
+        if self.stage_lr_decay is not None and self.stage_lr_decay != 1.0 and optimizer is not None:
+            if self._multipliers is not None:
+                self._multipliers.remove()
+            self._multipliers = StageLrMultipliers(optimizer, self._stage_multipliers)
+        self._current = None
+        self._apply(global_step, force=True)
+
+    def update(self, global_step: int) -> bool:
+        """Apply the phase for `global_step` (call once per optimizer step, before its forward).
+
+        Returns True when the set of trainable stages changed.
+        """
+        return self._apply(global_step)
+
+    def _resolve_steps(self, steps_per_epoch: int | None) -> list[int]:
+        if self._epoch_trigger is None:
+            return [s for s, _ in self._raw_schedule]
+        if steps_per_epoch is None:  # not known until train begin: nothing unfreezes before that
+            return [0, sys.maxsize]
+        return [0, int(math.ceil(self._epoch_trigger * steps_per_epoch))]
+
+    # -- schedule ------------------------------------------------------------------------------------------
+
+    def phase_at(self, step: int) -> int:
+        return bisect.bisect_right(self.steps, step) - 1
+
+    def trainable_stages_at(self, step: int) -> int:
+        return self.stages[max(self.phase_at(step), 0)]
+
+    @property
+    def first_unfreeze_step(self) -> int | None:
+        base = self.stages[0] if self.stages else 0
+        return next((s for s, n in zip(self.steps, self.stages) if n > base), None)
+
+    def lr_factor_at(self, step: int) -> float:
+        first = self.first_unfreeze_step
+        return self.lr_factor if first is not None and step >= first else 1.0
+
+    def _stage_multipliers(self):
+        n = self.stages[self._current] if self._current is not None else 0
+        units = self._units[len(self._units) - n:] if n else []
+        return [(list(u.parameters()), self.stage_lr_decay ** depth)
+                for depth, u in enumerate(reversed(units), start=1)]
+
+    def _apply(self, step: int, force: bool = False) -> bool:
+        phase = max(self.phase_at(step), 0)
+        if phase == self._current and not force:
+            return False
+        changed = self._current is not None and self.stages[phase] != self.stages[self._current]
+        self._current = phase
+        model = self._model
+        n = self.stages[phase]
+        keep = {u.name for u in self._units} & self._keep
+        if hasattr(model, "freeze") and hasattr(model, "stage_units"):
+            model.freeze(n, keep_requires_grad=keep)
+        else:
+            apply_freeze(model, self._units, n, keep_requires_grad=keep)
+        if changed:
+            names = [u.name for u in self._units][len(self._units) - n:] if n else []
+            logger.info("FreezeScheduler: step %d: trainable stages %s, lr x%g", step, names, self.lr_factor_at(step))
+        return changed
+
+    def _check_optimizer(self, optimizer) -> None:
+        opt = unwrap_optimizer(optimizer)
+        in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+        n_max = max(self.stages)
+        missing = [u.name for u in self._units[len(self._units) - n_max:] if n_max
+                   for p in u.parameters() if id(p) not in in_opt]
+        if missing:
+            raise RuntimeError(
+                f"The optimizer does not hold the parameters of stage(s) {sorted(set(missing))} that FreezeScheduler "
+                "will unfreeze, so they would never train. Pass the callback to Trainer(callbacks=[...]) when the "
+                "Trainer is created (not trainer.add_callback afterwards), or call prepare_model(model) before "
+                "building your optimizer."
+            )
+
+    # -- Trainer events ----------------------------------------------------------------------------------
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is None:
+            raise ValueError("FreezeScheduler needs the Trainer's model (Trainer(model=...); model_init is not supported).")
+        self._check_args(args)
+        self.prepare_model(model)
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None,
+                       train_dataloader=None, **kwargs):
+        self._check_args(args)
+        if self._model is None or (model is not None and _unwrap_model(model) is not self._model):
+            raise RuntimeError(
+                "FreezeScheduler was not set up before the optimizer was built. Pass it to Trainer(callbacks=[...]) "
+                "when creating the Trainer; adding it with trainer.add_callback() is too late."
+            )
+        steps_per_epoch = None
+        if self._epoch_trigger is not None:
+            if train_dataloader is None or not hasattr(train_dataloader, "__len__"):
+                raise ValueError("unfreeze_at_epoch needs a train dataloader with a length; use unfreeze_at_step.")
+            n = len(train_dataloader)
+            gas = args.gradient_accumulation_steps
+            steps_per_epoch = max(n // gas + int(n % gas > 0), 1)
+        self.attach(optimizer, lr_scheduler, max_steps=state.max_steps, steps_per_epoch=steps_per_epoch,
+                    global_step=state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._apply(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._apply(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Annotate training logs with the phase of the optimizer step they describe."""
+        if not state.log_history or self._current is None or "learning_rate" not in state.log_history[-1]:
+            return
+        entry = state.log_history[-1]
+        step = max(state.global_step - 1, 0)  # the update that was just made
+        n = self.trainable_stages_at(step)
+        extra = {"trainable_stages": n, "lr_factor": self.lr_factor_at(step)}
+        if self.stage_lr_decay is not None and n:
+            names = [u.name for u in self._units][len(self._units) - n:]
+            for depth, name in enumerate(reversed(names), start=1):
+                extra[f"learning_rate_{name}"] = entry["learning_rate"] * self.stage_lr_decay ** depth
+        entry.update(extra)
+        if logs is not None:
+            logs.update(extra)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._multipliers is not None:
+            self._multipliers.remove()
+            self._multipliers = None
+
+    @staticmethod
+    def _check_args(args) -> None:
+        if getattr(args, "deepspeed", None) or getattr(args, "deepspeed_plugin", None):
+            raise ValueError("FreezeScheduler does not support DeepSpeed: its partitioned optimizer cannot take stages "
+                             "that are frozen at start and unfrozen later. Use DDP (torchrun/accelerate launch).")
+        if getattr(args, "fsdp", None):
+            raise ValueError("FreezeScheduler does not support FSDP: flattened parameters cannot be frozen per stage. "
+                             "Use DDP (torchrun/accelerate launch) — CNNs fit on one device.")
+        checkpointing = getattr(args, "gradient_checkpointing", False) or getattr(args, "activation_checkpointing", False)
+        if getattr(args, "world_size", 1) > 1 and (args.ddp_find_unused_parameters is False or (
+                checkpointing and args.ddp_find_unused_parameters is None)):
+            raise ValueError("FreezeScheduler runs frozen-but-scheduled stages without gradients, which DDP only "
+                             "allows with find_unused_parameters; set ddp_find_unused_parameters=True or leave it unset.")
+
+
+def _unwrap_model(model: nn.Module) -> nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model

@@ -1,0 +1,133 @@
+"""Learning-rate plumbing that survives Trainer's scheduler, checkpoints and DDP.
+
+Two tools, both pure functions of the optimizer step (so a resumed run recomputes exactly what the
+uninterrupted run used, and every DDP rank computes the same thing):
+
+* `scale_lr_schedule` multiplies a `LambdaLR`'s lambdas by ``factor(step)``. The scheduler keeps
+  stepping as configured; the optimizer's ``lr`` — the value Trainer logs — is the one actually used.
+* `StageLrMultipliers` gives parameters inside one optimizer param group different learning rates
+  without adding param groups (adding groups after the scheduler exists breaks it, and changes the
+  layout a resumed optimizer state must match). For optimizers whose update is linear in ``lr``
+  (SGD, Adam, AdamW, ...) the update with ``k * lr`` equals ``k`` times the update with ``lr``, so after
+  each step the parameter is moved back to ``old + k * (new - old)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = ["scale_lr_schedule", "unwrap_scheduler", "unwrap_optimizer", "StageLrMultipliers",
+           "LR_LINEAR_OPTIMIZERS", "stage_param_groups"]
+
+# Optimizers whose parameter update is exactly proportional to the learning rate.
+LR_LINEAR_OPTIMIZERS = {"SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop", "Adadelta"}
+
+_ORIG = "_hf_transfer_orig_lambda"
+
+
+def unwrap_scheduler(scheduler):
+    """The torch scheduler inside an Accelerate/Trainer wrapper."""
+    while isinstance(getattr(scheduler, "scheduler", None), torch.optim.lr_scheduler.LRScheduler):
+        scheduler = scheduler.scheduler
+    return scheduler
+
+
+def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside an Accelerate wrapper."""
+    while isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def scale_lr_schedule(scheduler, factor: Callable[[int], float]) -> LambdaLR:
+    """Make every lr lambda return ``original(step) * factor(step)``; idempotent; re-syncs current lrs.
+
+    Raises a ValueError for schedulers that are not `LambdaLR` (e.g. ReduceLROnPlateau).
+    """
+    sched = unwrap_scheduler(scheduler)
+    if not isinstance(sched, LambdaLR):
+        raise ValueError(
+            f"lr_factor needs a LambdaLR-based scheduler (linear, cosine, constant, constant_with_warmup, "
+            f"polynomial, inverse_sqrt, cosine_with_min_lr, warmup_stable_decay, ...); got {type(sched).__name__}. "
+            "Use one of those lr_scheduler_type values, or lr_factor=1.0."
+        )
+    new_lambdas = []
+    for fn in sched.lr_lambdas:
+        orig = getattr(fn, _ORIG, fn)
+
+        def scaled(step, _orig=orig):
+            return _orig(step) * factor(step)
+
+        setattr(scaled, _ORIG, orig)
+        new_lambdas.append(scaled)
+    sched.lr_lambdas = new_lambdas
+    step = sched.last_epoch
+    lrs = [base * fn(step) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = lrs
+    return sched
+
+
+class StageLrMultipliers:
+    """Per-parameter learning-rate multipliers applied around ``optimizer.step()`` via step hooks."""
+
+    def __init__(self, optimizer, multipliers: Callable[[], Sequence[tuple[list[torch.nn.Parameter], float]]]):
+        opt = unwrap_optimizer(optimizer)
+        name = type(opt).__name__
+        if name not in LR_LINEAR_OPTIMIZERS:
+            raise ValueError(
+                f"stage_lr_decay needs an optimizer whose update is proportional to the learning rate "
+                f"({', '.join(sorted(LR_LINEAR_OPTIMIZERS))}); got {name}. Use one of those, or stage_lr_decay=None."
+            )
+        self._multipliers = multipliers
+        self._saved: list[tuple[list[torch.Tensor], list[torch.Tensor], float]] = []
+        self._handles = [opt.register_step_pre_hook(self._pre), opt.register_step_post_hook(self._post)]
+
+    def _pre(self, optimizer, args, kwargs):
+        self._saved = []
+        for params, k in self._multipliers():
+            live = [p for p in params if p.grad is not None]
+            if k != 1.0 and live:
+                self._saved.append((live, [p.detach().clone() for p in live], k))
+
+    def _post(self, optimizer, args, kwargs):
+        with torch.no_grad():
+            for params, old, k in self._saved:
+                for p, o in zip(params, old):
+                    p.sub_(o).mul_(k).add_(o)  # p = o + k * (p - o)
+        self._saved = []
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def stage_param_groups(model, lr: float, stage_lr_decay: float = 1.0, weight_decay: float = 0.0) -> list[dict]:
+    """Param groups for a hand-built optimizer: head at `lr`, each lower stage `stage_lr_decay` times the one
+    above; no weight decay on biases and norm weights. Includes every parameter, frozen ones too, so a later
+    unfreeze needs no new group."""
+    from .freezing import units_for
+
+    units = units_for(model)
+    in_units = set()
+    groups: list[dict] = []
+
+    def add(params, scale, name):
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        for ps, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if ps:
+                groups.append({"params": ps, "lr": lr * scale, "weight_decay": wd, "name": name})
+
+    for depth, unit in enumerate(reversed(units), start=1):
+        params = list(unit.parameters())
+        in_units.update(id(p) for p in params)
+        add(params, stage_lr_decay ** depth, unit.name)
+    head = [p for p in model.parameters() if id(p) not in in_units]
+    add(head, 1.0, "head")
+    return groups

@@ -1,0 +1,349 @@
+"""Issue #3: FreezeScheduler — unchanged Trainer scripts, LR, resume, DDP, accumulation, bad configuration."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+from transformers import TrainerCallback
+
+from hf_transfer_cnn import FreezeScheduler, TransferModel, UnsupportedArchitectureError
+from hf_transfer_cnn.freezing import units_for
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Data(torch.utils.data.Dataset):
+    def __init__(self, n=32, size=40, num_labels=4, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.y = torch.randint(0, num_labels, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"pixel_values": self.x[i], "labels": self.y[i]}
+
+
+def flat(params) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).clone() for p in params])
+
+
+def buffers(unit) -> torch.Tensor:
+    bufs = [b for m in unit.modules for b in m.buffers() if b.dtype.is_floating_point]
+    return torch.cat([b.reshape(-1).clone() for b in bufs]) if bufs else torch.zeros(0)
+
+
+class Recorder(TrainerCallback):
+    """Snapshots each stage after every optimizer step and the lr used by every optimizer step."""
+
+    def __init__(self, model):
+        self.units = units_for(model)
+        self.snap = {0: {u.name: flat(u.parameters()) for u in self.units}}
+        self.lr_used: dict[int, list[float]] = {}
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.lr_used[state.global_step] = [g["lr"] for g in optimizer.param_groups]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.snap[state.global_step] = {u.name: flat(u.parameters()) for u in self.units}
+
+
+def targs(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=4, learning_rate=0.05,
+                weight_decay=0.1, use_cpu=True, report_to=[], save_strategy="no", logging_steps=1,
+                disable_tqdm=True, seed=0, data_seed=0)
+    base.update(kw)
+    return T.TrainingArguments(**base)
+
+
+def first_change(rec: Recorder, name: str) -> int | None:
+    steps = sorted(rec.snap)
+    for s in steps[1:]:
+        if not torch.equal(rec.snap[s][name], rec.snap[0][name]):
+            return s
+    return None
+
+
+@pytest.mark.parametrize("use_transfer_model", [False, True])
+def test_unchanged_trainer_script(tiny_checkpoints, tmp_path, use_transfer_model):
+    """Only `callbacks=[FreezeScheduler(...)]` added: the top stage trains from the step on, the rest never."""
+    path = tiny_checkpoints["resnet"]
+    if use_transfer_model:
+        model = TransferModel.from_pretrained(path, num_labels=4, trainable_stages=0)
+    else:
+        model = T.AutoModelForImageClassification.from_pretrained(path)
+    units = units_for(model)
+    bn0 = {u.name: buffers(u) for u in units}
+    rec = Recorder(model)
+    trainer = T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(),
+                        callbacks=[FreezeScheduler(unfreeze_at_step=3, num_stages=1), rec])
+    trainer.train()
+    top = units[-1].name
+    # Updates 1..3 (global_step 0..2) leave the stage alone; update 4 (global_step 3 -> 4) is its first.
+    assert first_change(rec, top) == 4
+    for u in units[:-1]:
+        assert torch.equal(rec.snap[6][u.name], rec.snap[0][u.name]), u.name
+        assert torch.equal(buffers(u), bn0[u.name]), f"BN stats of {u.name} changed"
+    head = [p for n, p in model.named_parameters() if n.startswith("classifier")]
+    assert all(p.requires_grad for p in head)
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert [e["trainable_stages"] for e in logged] == [0, 0, 0, 1, 1, 1]
+
+
+SCHEDULERS = ["linear", "cosine", "constant", "constant_with_warmup", "polynomial"]
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
+def test_logged_lr_is_used_lr_and_scaled(tiny_checkpoints, tmp_path, scheduler):
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["mobilenet_v2"])
+    rec = Recorder(model)
+    args = targs(tmp_path, max_steps=8, lr_scheduler_type=scheduler, warmup_steps=2)
+    trainer = T.Trainer(model=model, args=args, train_dataset=Data(),
+                        callbacks=[FreezeScheduler(unfreeze_at_step=4, num_stages=2, lr_factor=0.1), rec])
+    trainer.train()
+    # The reference: the same HF scheduler, unmodified, on a dummy optimizer.
+    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    ref = T.get_scheduler(scheduler, dummy, num_warmup_steps=2, num_training_steps=8)
+    expected = []
+    for step in range(8):
+        expected.append(ref.get_last_lr()[0] * (0.1 if step >= 4 else 1.0))
+        dummy.step()
+        ref.step()
+    logged = [e["learning_rate"] for e in trainer.state.log_history if "loss" in e]
+    used = [rec.lr_used[s][0] for s in range(8)]
+    assert len(logged) == 8
+    for step in range(8):
+        assert used[step] == pytest.approx(expected[step], rel=1e-9, abs=1e-15), step
+        assert logged[step] == pytest.approx(used[step], rel=1e-9, abs=1e-15), step
+        assert all(lr == used[step] for lr in rec.lr_used[step])
+
+
+def _resume_run(ckpt, out, resume=None, max_steps=8):
+    torch.manual_seed(0)
+    model = TransferModel.from_pretrained(ckpt, num_labels=4, head={"hidden_sizes": [16], "dropout": 0.3})
+    args = T.TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
+                               learning_rate=0.05, weight_decay=0.1, use_cpu=True, report_to=[], save_steps=2,
+                               save_strategy="steps", logging_steps=1, disable_tqdm=True, seed=0, data_seed=0)
+    sched = FreezeScheduler(unfreeze_at_step=5, num_stages=2, lr_factor=0.2, stage_lr_decay=0.5)
+    trainer = T.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[sched])
+    trainer.train(resume_from_checkpoint=resume)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_before_and_after_unfreeze_is_bit_identical(tiny_checkpoints, tmp_path):
+    ckpt = tiny_checkpoints["mobilenet_v2"]
+    full = _resume_run(ckpt, tmp_path / "full")
+    for ck in ("checkpoint-4", "checkpoint-6"):  # saved before / after the unfreeze at step 5
+        out = tmp_path / f"resume_{ck}"
+        shutil.copytree(tmp_path / "full", out)
+        for later in out.glob("checkpoint-*"):
+            if int(later.name.split("-")[1]) > int(ck.split("-")[1]):
+                shutil.rmtree(later)
+        resumed = _resume_run(ckpt, out, resume=str(out / ck))
+        for k, v in full.items():
+            assert torch.equal(v, resumed[k]), f"{k} differs after resuming from {ck}"
+
+
+@pytest.mark.parametrize("gas", [2, 4])
+def test_gradient_accumulation_counts_optimizer_steps(tiny_checkpoints, tmp_path, gas):
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    rec = Recorder(model)
+    args = targs(tmp_path, max_steps=5, per_device_train_batch_size=2, gradient_accumulation_steps=gas)
+    T.Trainer(model=model, args=args, train_dataset=Data(n=64),
+              callbacks=[FreezeScheduler(unfreeze_at_step=2, num_stages=1), rec]).train()
+    top = rec.units[-1].name
+    assert first_change(rec, top) == 3
+    assert sorted(rec.snap) == [0, 1, 2, 3, 4, 5]
+
+
+def test_epoch_trigger(tiny_checkpoints, tmp_path):
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    rec = Recorder(model)
+    args = targs(tmp_path, max_steps=-1, num_train_epochs=2)  # 32 images / batch 4 = 8 steps per epoch
+    T.Trainer(model=model, args=args, train_dataset=Data(),
+              callbacks=[FreezeScheduler(unfreeze_at_epoch=1, num_stages="all", lr_factor=0.5), rec]).train()
+    for u in rec.units:
+        assert first_change(rec, u.name) == 9, u.name
+
+
+def test_gradual_schedule_and_stage_lr_decay(tiny_checkpoints, tmp_path):
+    """Multi-phase schedule; with SGD the effective per-stage step equals lr * decay**depth * grad."""
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    units = units_for(model)
+    grads, before, after = {}, {}, {}
+
+    class Probe(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            grads[state.global_step] = {u.name: [None if p.grad is None else p.grad.clone() for p in u.parameters()]
+                                        for u in units}
+            before[state.global_step] = {u.name: flat(u.parameters()) for u in units}
+            before[state.global_step]["lr"] = optimizer.param_groups[0]["lr"]
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            after[state.global_step] = {u.name: flat(u.parameters()) for u in units}
+
+    args = targs(tmp_path, max_steps=6, optim="sgd", weight_decay=0.0, lr_scheduler_type="constant",
+                 max_grad_norm=0.0)
+    sched = FreezeScheduler(schedule=[(0, 0), (2, 1), (4, "all")], lr_factor=0.5, stage_lr_decay=0.5)
+    trainer = T.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[sched, Probe()])
+    trainer.train()
+    assert before[1]["lr"] == pytest.approx(0.05) and before[2]["lr"] == pytest.approx(0.025)
+    for step, n in [(0, 0), (1, 0), (2, 1), (3, 1), (4, 5), (5, 5)]:
+        trainable = [u.name for u in units][len(units) - n:] if n else []
+        for depth, u in enumerate(reversed(units), start=1):
+            delta = after[step][u.name] - before[step][u.name]
+            if u.name not in trainable:
+                assert torch.count_nonzero(delta) == 0, (step, u.name)
+                assert all(g is None for g in grads[step][u.name]), (step, u.name)
+                continue
+            g = torch.cat([x.reshape(-1) for x in grads[step][u.name]])
+            expected = -before[step]["lr"] * 0.5 ** depth * g
+            torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-7)
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert logged[4]["learning_rate_stage4"] == pytest.approx(logged[4]["learning_rate"] * 0.5)
+    assert logged[4]["learning_rate_stem"] == pytest.approx(logged[4]["learning_rate"] * 0.5 ** 5)
+
+
+def test_plain_accelerate_loop(tiny_checkpoints):
+    from accelerate import Accelerator
+
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["convnext"])
+    fs = FreezeScheduler(unfreeze_at_step=2, num_stages=1, lr_factor=0.1)
+    fs.prepare_model(model)  # before the optimizer exists
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    scheduler = T.get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=4)
+    accelerator = Accelerator(cpu=True)
+    loader = torch.utils.data.DataLoader(Data(n=16), batch_size=4)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    fs.attach(optimizer, scheduler, max_steps=4)
+    units = units_for(accelerator.unwrap_model(model))
+    top0 = flat(units[-1].parameters())
+    lrs, tops = [], []
+    for step, batch in enumerate(loader):
+        fs.update(step)
+        model.train()
+        loss = model(**batch).loss
+        accelerator.backward(loss)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        tops.append(not torch.equal(flat(units[-1].parameters()), top0))
+    assert tops == [False, False, True, True]
+    assert lrs == pytest.approx([1e-2, 0.75e-2, 0.1 * 0.5e-2, 0.1 * 0.25e-2])
+
+
+def test_ddp_two_processes(tiny_checkpoints, tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU): ranks agree, the stage trained, frozen stages untouched."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(REPO / "tests" / "ddp_freeze_script.py"), tiny_checkpoints["resnet"], str(out)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["world_size"] == 2 and r0["ddp"] == "DistributedDataParallel"
+    ckpt = load_file(os.path.join(tiny_checkpoints["resnet"], "model.safetensors"))
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    # Parameters are all-reduced: identical on every rank. (Running stats of *trainable* BN layers follow each
+    # rank's own last batch — plain DDP semantics; DDP re-broadcasts rank 0's buffers at every forward.)
+    param_names = [n for n, _ in model.named_parameters()]
+    for k in param_names:
+        assert torch.equal(r0["state"][k], r1["state"][k]), f"ranks diverged on {k}"
+    units = units_for(model)
+    names = {u.name: [n for n, p in model.named_parameters() if any(p is q for q in u.parameters())] for u in units}
+    prefixes = {"stem": "resnet.embedder", "stage4": "resnet.encoder.stages.3"}
+    for rank in (r0, r1):
+        state = rank["state"]
+        assert any(not torch.equal(state[n], ckpt[n]) for n in names["stage4"]), "stage4 did not train"
+        frozen = [k for k in ckpt if k.startswith("resnet.") and not k.startswith(prefixes["stage4"])]
+        assert frozen and all(torch.equal(state[k], ckpt[k]) for k in frozen)  # params and BN stats
+        assert any("running_mean" in k for k in frozen)
+        before_unfreeze = rank["at_step3"]
+        assert all(torch.equal(before_unfreeze[n], ckpt[n]) for n in names["stage4"]), "stage4 moved while frozen"
+
+
+# --- bad configuration ----------------------------------------------------------------------------------
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="exactly one of"):
+        FreezeScheduler(unfreeze_at_step=3, unfreeze_at_epoch=1, num_stages=1)
+    with pytest.raises(ValueError, match="num_stages is required"):
+        FreezeScheduler(unfreeze_at_step=3)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        FreezeScheduler(schedule=[(0, 0), (5, 1), (3, 2)])
+    with pytest.raises(ValueError, match="lr_factor"):
+        FreezeScheduler(unfreeze_at_step=3, num_stages=1, lr_factor=0)
+
+
+def test_too_many_stages(tiny_checkpoints, tmp_path):
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    with pytest.raises(ValueError, match="only 5 stages"):
+        T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(),
+                  callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=7)])
+
+
+def test_unfreeze_after_max_steps_warns(tiny_checkpoints, tmp_path, caplog):
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    trainer = T.Trainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=Data(),
+                        callbacks=[FreezeScheduler(unfreeze_at_step=5, num_stages=1)])
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.callbacks"):
+        trainer.train()
+    assert "will never happen" in caplog.text
+
+
+def test_unsupported_architecture(tmp_path):
+    cfg = T.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                      image_size=32, patch_size=16)
+    model = T.ViTForImageClassification(cfg)
+    with pytest.raises(UnsupportedArchitectureError, match="'vit' is not supported"):
+        T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(size=32),
+                  callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1)])
+
+
+def test_unsupported_scheduler(tiny_checkpoints, tmp_path):
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    args = targs(tmp_path, lr_scheduler_type="reduce_lr_on_plateau", eval_strategy="steps", eval_steps=2)
+    trainer = T.Trainer(model=model, args=args, train_dataset=Data(), eval_dataset=Data(n=4), callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1, lr_factor=0.1)])
+    with pytest.raises(ValueError, match="LambdaLR-based scheduler"):
+        trainer.train()
+
+
+def test_added_too_late(tiny_checkpoints, tmp_path):
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    for p in model.resnet.parameters():
+        p.requires_grad_(False)
+    trainer = T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data())
+    trainer.add_callback(FreezeScheduler(unfreeze_at_step=1, num_stages=1))
+    with pytest.raises(RuntimeError, match="Trainer\\(callbacks=\\[...\\]\\)"):
+        trainer.train()
+
+
+def test_fsdp_and_deepspeed_refused():
+    class Args:
+        deepspeed = None
+        deepspeed_plugin = None
+        fsdp = "full_shard"
+        world_size = 1
+        ddp_find_unused_parameters = None
+        gradient_checkpointing = False
+
+    with pytest.raises(ValueError, match="does not support FSDP"):
+        FreezeScheduler._check_args(Args)
+    Args.fsdp, Args.deepspeed = None, "ds_config.json"
+    with pytest.raises(ValueError, match="does not support DeepSpeed"):
+        FreezeScheduler._check_args(Args)
+    Args.deepspeed, Args.world_size, Args.ddp_find_unused_parameters = None, 2, False
+    with pytest.raises(ValueError, match="find_unused_parameters"):
+        FreezeScheduler._check_args(Args)
