@@ -1,11 +1,11 @@
 """hf-transfer-cnn: CNN transfer learning for the Hugging Face ecosystem."""
 
 from .callbacks import FreezeScheduler
-from .freezing import FreezeState, freeze_model
+from .freezing import FastOptions, FreezeState, freeze_model
 from .modeling import ClassificationHead, HeadSpec, TransferModel
 from .registry import ArchSpec, UnsupportedArchitectureError, get_arch, register_arch, supported_model_types
 
 __version__ = "0.1.0"
 
-__all__ = ["TransferModel", "FreezeScheduler", "HeadSpec", "ClassificationHead", "FreezeState", "freeze_model", "ArchSpec",
+__all__ = ["TransferModel", "FreezeScheduler", "HeadSpec", "ClassificationHead", "FreezeState", "FastOptions", "freeze_model", "ArchSpec",
            "register_arch", "get_arch", "supported_model_types", "UnsupportedArchitectureError", "__version__"]

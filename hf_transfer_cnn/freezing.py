@@ -21,7 +21,9 @@ whose ``grad`` is None.
 
 from __future__ import annotations
 
-import types
+import copy
+import itertools
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -30,9 +32,12 @@ from torch import nn
 
 from .registry import ArchSpec, StageUnit, get_arch, stage_units
 
-__all__ = ["FreezeState", "resolve_trainable_stages", "apply_freeze", "freeze_model", "is_frozen", "units_for"]
+__all__ = ["FreezeState", "FastOptions", "build_inference_copy", "fold_conv_bn", "resolve_trainable_stages", "apply_freeze", "freeze_model", "is_frozen", "units_for"]
+
+logger = logging.getLogger(__name__)
 
 _FROZEN_FLAG = "_hf_transfer_frozen"
+_FAST = "_hf_transfer_fast"
 
 
 @dataclass
@@ -42,6 +47,7 @@ class FreezeState:
     stage_names: list[str]
     trainable_stages: int
     keep_requires_grad: set[str] = field(default_factory=set)
+    fast: FastOptions | None = None
 
     @property
     def frozen_stage_names(self) -> list[str]:
@@ -78,6 +84,8 @@ def resolve_trainable_stages(value: int | str | None, num_units: int, stage_name
 
 def _frozen_forward(self: nn.Module, *args, **kwargs):
     with torch.no_grad():
+        if _FAST in self.__dict__ and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            return _fast_call(self, args[0])
         return type(self).forward(self, *args, **kwargs)
 
 
@@ -85,18 +93,37 @@ def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def _freeze_module(module: nn.Module) -> None:
+class _Bound:
+    """``fn`` bound to a module, stored as an instance attribute; unlike a bound method it pickles."""
+
+    __slots__ = ("fn", "module")
+
+    def __init__(self, fn, module: nn.Module):
+        self.fn, self.module = fn, module
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(self.module, *args, **kwargs)
+
+    def __reduce__(self):
+        return (_Bound, (self.fn, self.module))
+
+
+def _freeze_module(module: nn.Module, fast: FastOptions | None) -> None:
+    if fast is not None and fast.enabled:
+        module.__dict__[_FAST] = _FastSlot(fast)
+    else:
+        module.__dict__.pop(_FAST, None)
     if getattr(module, _FROZEN_FLAG, False):
         return
-    module.forward = types.MethodType(_frozen_forward, module)
-    module.train = types.MethodType(_frozen_train, module)
+    module.forward = _Bound(_frozen_forward, module)
+    module.train = _Bound(_frozen_train, module)
     object.__setattr__(module, _FROZEN_FLAG, True)
     nn.Module.train(module, False)
 
 
 def _thaw_module(module: nn.Module, training: bool) -> None:
     if getattr(module, _FROZEN_FLAG, False):
-        for attr in ("forward", "train", _FROZEN_FLAG):
+        for attr in ("forward", "train", _FROZEN_FLAG, _FAST):
             module.__dict__.pop(attr, None)
     nn.Module.train(module, training)
 
@@ -110,8 +137,16 @@ def apply_freeze(
     units: list[StageUnit],
     trainable_stages: int | str | None,
     keep_requires_grad: Iterable[str] = (),
+    fast: FastOptions | None = None,
 ) -> FreezeState:
-    """Freeze the bottom units of `model`, leaving the top `trainable_stages` units trainable."""
+    """Freeze the bottom units of `model`, leaving the top `trainable_stages` units trainable.
+
+    `fast` sets how frozen units execute (default: what the model used last, else `FastOptions()` — folded
+    conv+BN, channels_last); ``FastOptions(enabled=False)`` runs them as they are, under ``no_grad``.
+    """
+    if fast is None:
+        fast = getattr(model, "hf_transfer_fast_options", None) or FastOptions()
+    object.__setattr__(model, "hf_transfer_fast_options", fast)
     names = [u.name for u in units]
     n = resolve_trainable_stages(trainable_stages, len(units), names)
     keep = set(keep_requires_grad)
@@ -123,12 +158,12 @@ def apply_freeze(
         frozen = i < boundary
         for m in unit.modules:
             if frozen:
-                _freeze_module(m)
+                _freeze_module(m, fast)
             else:
                 _thaw_module(m, model.training)
         for p in unit.parameters():
             p.requires_grad_((not frozen) or unit.name in keep)
-    state = FreezeState(stage_names=names, trainable_stages=n, keep_requires_grad=keep)
+    state = FreezeState(stage_names=names, trainable_stages=n, keep_requires_grad=keep, fast=fast)
     object.__setattr__(model, "hf_transfer_freeze_state", state)
     return state
 
@@ -141,6 +176,145 @@ def units_for(model: nn.Module, spec: ArchSpec | None = None) -> list[StageUnit]
 
 
 def freeze_model(model: nn.Module, trainable_stages: int | str | None = 0,
-                 keep_requires_grad: Iterable[str] = ()) -> FreezeState:
+                 keep_requires_grad: Iterable[str] = (), fast: FastOptions | None = None) -> FreezeState:
     """Freeze a supported model (any class) by stage; the head stays trainable."""
-    return apply_freeze(model, units_for(model), trainable_stages, keep_requires_grad)
+    return apply_freeze(model, units_for(model), trainable_stages, keep_requires_grad, fast)
+
+
+# --- inference copies of frozen modules -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FastOptions:
+    """How a frozen module executes. Defaults are exact up to float rounding.
+
+    fold_bn: run a copy whose eval-mode BatchNorms are folded into the preceding convs.
+    channels_last: run that copy in channels_last memory format.
+    compile: `torch.compile` the copy (rebuilt on every freeze change; first call pays the compile time).
+    """
+
+    enabled: bool = True
+    fold_bn: bool = True
+    channels_last: bool = True
+    compile: bool = False
+
+
+class _FastSlot:
+    """Holds a frozen module's inference copy and the version key of the tensors it was built from."""
+
+    __slots__ = ("options", "copy", "key")
+
+    def __init__(self, options: FastOptions):
+        self.options, self.copy, self.key = options, None, None
+
+    def __deepcopy__(self, memo):
+        return _FastSlot(self.options)
+
+    def __getstate__(self):
+        return {"options": self.options}
+
+    def __setstate__(self, state):
+        self.options, self.copy, self.key = state["options"], None, None
+
+
+def _version_key(module: nn.Module) -> tuple:
+    return tuple((t.data_ptr(), t._version, t.dtype) for t in itertools.chain(module.parameters(), module.buffers()))
+
+
+def _fast_call(module: nn.Module, x: torch.Tensor):
+    slot: _FastSlot = module.__dict__[_FAST]
+    key = _version_key(module)
+    if slot.copy is None or slot.key != key:  # first call, or the stored weights changed (load_state_dict, .to())
+        slot.copy = build_inference_copy(module, x, slot.options)
+        slot.key = key
+    if slot.options.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return slot.copy(x)
+
+
+def _plain_copy(module: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(module)
+    for m in clone.modules():
+        for attr in ("forward", "train", _FROZEN_FLAG, _FAST):
+            m.__dict__.pop(attr, None)
+    clone.eval()
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return clone
+
+
+def _conv_bn_pairs(module: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv name, bn name) pairs where a BatchNorm directly consumes a conv's output, found by running it."""
+    names = {m: n for n, m in module.named_modules()}
+    produced: dict[int, nn.Module] = {}
+    pairs = []
+    handles = []
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(lambda mod, i, o: produced.__setitem__(id(o), mod)))
+        elif isinstance(m, nn.BatchNorm2d):
+            def pre(mod, inputs):
+                conv = produced.get(id(inputs[0]))
+                if conv is not None:
+                    pairs.append((names[conv], names[mod]))
+            handles.append(m.register_forward_pre_hook(pre))
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    seen = {}
+    for conv, bn in pairs:  # a conv or BN used twice is not a simple chain: leave it alone
+        seen[conv] = seen.get(conv, 0) + 1
+        seen[bn] = seen.get(bn, 0) + 1
+    return [(c, b) for c, b in dict.fromkeys(pairs) if seen[c] == 1 and seen[b] == 1]
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold an eval-mode BatchNorm into the conv before it (in place on `conv`)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1), requires_grad=False)
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
+
+
+def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOptions = FastOptions()) -> nn.Module:
+    """A compute-only copy of a frozen module: BN folded, channels_last, optionally compiled; verified on `x`.
+
+    The original module (its parameters and buffers) is not touched. If the folded copy does not reproduce the
+    original output on `x` (up to float rounding), the unfolded copy is used instead.
+    """
+    with torch.no_grad():
+        reference = type(module).forward(module, x)
+        clone = _plain_copy(module)
+        if options.fold_bn:
+            folded = 0
+            for conv_name, bn_name in _conv_bn_pairs(clone, x):
+                conv, bn = clone.get_submodule(conv_name), clone.get_submodule(bn_name)
+                if conv.out_channels == bn.num_features and bn.track_running_stats:
+                    fold_conv_bn(conv, bn)
+                    _replace(clone, bn_name, nn.Identity())
+                    folded += 1
+            if folded:
+                out = clone(x)
+                if not _close(out, reference):
+                    logger.debug("BN folding changed %s's output; running it unfolded.", type(module).__name__)
+                    clone = _plain_copy(module)
+        if options.channels_last and x.dim() == 4:
+            clone = clone.to(memory_format=torch.channels_last)
+        if options.compile:
+            clone = torch.compile(clone, dynamic=True)
+    return clone
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        scale = float(b.abs().max()) if b.numel() else 1.0
+        return a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5 * max(scale, 1.0)))
+    return False
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, attr, new)

@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .freezing import FreezeState, apply_freeze
+from .freezing import FastOptions, FreezeState, apply_freeze
 from .registry import ArchSpec, StageUnit, get_arch, get_module, set_module, stage_units
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def adapt_image_processor(processor: Any, num_channels: int | None = None, image
     """A copy of `processor` that produces `num_channels` × `image_size`² pixel values.
 
     Mean/std: RGB values for 3 channels; their average for 1 (or for each channel beyond 3).
-    Sizes: a ``shortest_edge`` resize keeps its resize/crop ratio; ``height``/``width`` are set to the size.
+    Sizes: the output is `image_size`²; a resize-then-crop processor keeps its resize/crop ratio.
     """
     d = processor.to_dict()
     d.pop("_processor_class", None)
@@ -159,8 +159,13 @@ def adapt_image_processor(processor: Any, num_channels: int | None = None, image
     if image_size is not None:
         size = dict(d.get("size") or {})
         size = {k: v for k, v in size.items() if v is not None}
-        if "shortest_edge" in size:
-            size = {"shortest_edge": int(image_size)}
+        crop = d.get("crop_size") or {}
+        if "shortest_edge" in size and d.get("do_center_crop") and crop.get("height"):
+            # resize then centre-crop (BiT, MobileNet, ...): keep the resize/crop ratio
+            ratio = size["shortest_edge"] / crop["height"]
+            size = {"shortest_edge": int(round(image_size * ratio))}
+        elif "shortest_edge" in size:
+            size = {"shortest_edge": int(image_size)}  # ConvNeXt-style: crop_pct holds the ratio
         else:
             size = {"height": int(image_size), "width": int(image_size)}
         d["size"] = size
@@ -176,8 +181,8 @@ def default_image_processor(model_type: str, image_size: int = 224) -> Any:
 
     names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
     name = (names.get("torchvision") or names.get("pil")) if isinstance(names, dict) else names
-    if name:
-        proc = get_image_processor_class_from_name(name)()
+    if name:  # the family's processor with ImageNet statistics (what its pretrained checkpoints use)
+        proc = get_image_processor_class_from_name(name)(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
         return adapt_image_processor(proc, image_size=image_size)
     from transformers import ConvNextImageProcessor
 
@@ -199,6 +204,17 @@ def transfer_class_for(native_cls: type) -> type:
         _CLASS_CACHE[native_cls] = type(f"Transfer{native_cls.__name__}", (TransferModel, native_cls),
                                         {"__module__": __name__, "_native_class": native_cls})
     return _CLASS_CACHE[native_cls]
+
+
+def __getattr__(name: str) -> type:
+    """Resolve ``Transfer<NativeClass>`` on demand, so pickled/torch.saved models load in a new process."""
+    import transformers
+
+    if name.startswith("Transfer") and name != "TransferModel":
+        native = getattr(transformers, name[len("Transfer"):], None)
+        if isinstance(native, type) and issubclass(native, PreTrainedModel):
+            return transfer_class_for(native)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _native_class_for(config) -> type:
@@ -488,13 +504,15 @@ class TransferModel(nn.Module):
 
     # -- freezing ------------------------------------------------------------------------------------------
 
-    def freeze(self, trainable_stages: int | str = 0, keep_requires_grad: Iterable[str] = ()) -> FreezeState:
+    def freeze(self, trainable_stages: int | str = 0, keep_requires_grad: Iterable[str] = (),
+               fast: FastOptions | None = None) -> FreezeState:
         """Keras-style: freeze the backbone except the top `trainable_stages` stages (or "all").
 
         `keep_requires_grad` (used by FreezeScheduler) names frozen stages whose parameters stay registered with
-        autograd for a later unfreeze; they still get no gradient while frozen.
+        autograd for a later unfreeze; they still get no gradient while frozen. `fast` chooses how frozen
+        stages execute (`FastOptions`; by default BN-folded channels_last inference copies).
         """
-        state = apply_freeze(self, self.stage_units(), trainable_stages, keep_requires_grad)
+        state = apply_freeze(self, self.stage_units(), trainable_stages, keep_requires_grad, fast)
         self._set_meta(trainable_stages=state.trainable_stages)
         return state
 

@@ -306,3 +306,12 @@ def test_checkpoint_without_weights(tiny_checkpoints, tmp_path):
     (empty / "config.json").write_text((src / "config.json").read_text())
     with pytest.raises(OSError, match="needs a checkpoint with weights"):
         TransferModel.from_pretrained(empty)
+
+
+@pytest.mark.parametrize("model_type", NATIVE_TYPES)
+def test_processor_follows_image_size_for_every_family(tiny_checkpoints, model_type):
+    from PIL import Image
+
+    model = TransferModel.from_pretrained(tiny_checkpoints[model_type], num_labels=2, image_size=56)
+    pv = model.image_processor(Image.new("RGB", (90, 70), (10, 200, 30)), return_tensors="pt")["pixel_values"]
+    assert tuple(pv.shape[-2:]) == (56, 56)

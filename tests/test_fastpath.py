@@ -1,0 +1,106 @@
+"""Issue #6: frozen stages run as BN-folded channels_last inference copies — exact, fresh, undone on unfreeze."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+from conftest import NATIVE_TYPES
+from hf_transfer_cnn import FastOptions, TransferModel
+from hf_transfer_cnn.freezing import _FAST, build_inference_copy
+
+BN_TYPES = ["resnet", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2"]
+
+
+def _slots(model):
+    return [m.__dict__[_FAST] for m in model.modules() if _FAST in m.__dict__]
+
+
+@pytest.mark.parametrize("model_type", NATIVE_TYPES)
+def test_fast_frozen_path_matches_plain(tiny_checkpoints, model_type):
+    path = tiny_checkpoints[model_type]
+    fast = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).train()
+    plain = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1)
+    plain.load_state_dict(fast.state_dict())
+    plain.freeze(1, fast=FastOptions(enabled=False))
+    plain.train()
+    frozen = [m for u in fast.stage_units()[:-1] for m in u.modules]
+    state0 = [{k: v.clone() for k, v in m.state_dict().items()} for m in frozen]
+    x = torch.randn(4, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)  # same dropout masks in the trainable part
+    a = fast(x).logits
+    torch.manual_seed(0)
+    b = plain(x).logits
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    slots = _slots(fast)
+    assert slots and all(s.copy is not None for s in slots)
+    assert not _slots(plain)
+    if model_type in BN_TYPES:
+        remaining = sum(isinstance(m, torch.nn.BatchNorm2d) for s in slots for m in s.copy.modules())
+        original = sum(isinstance(m, torch.nn.BatchNorm2d) for u in fast.stage_units()[:-1] for mod in u.modules
+                       for m in mod.modules())
+        assert original > 0 and remaining < original / 2, (remaining, original)
+    for m, before in zip(frozen, state0):  # frozen parameters and stats are never touched
+        assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_unfreeze_drops_copies_and_refreeze_rebuilds(tiny_checkpoints):
+    model = TransferModel.from_pretrained(tiny_checkpoints["mobilenet_v2"], num_labels=3).eval()
+    x = torch.randn(2, 3, 40, 40)
+    model(x)
+    assert _slots(model)
+    model.unfreeze()
+    assert not _slots(model)
+    assert all(p.requires_grad for p in model.parameters())
+    model.freeze(2)
+    assert len(_slots(model)) > 0 and all(s.copy is None for s in _slots(model))
+
+
+def test_copy_follows_weight_changes(tiny_checkpoints):
+    """Loading new weights into a frozen stage (e.g. a checkpoint) is picked up at the next forward."""
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3).eval()
+    x = torch.randn(2, 3, 40, 40)
+    model(x)
+    state = model.state_dict()
+    state = {k: (v + 0.05 * torch.randn_like(v) if v.is_floating_point() and "running_var" not in k else v)
+             for k, v in state.items()}
+    model.load_state_dict(state)
+    reference = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3).eval()
+    reference.load_state_dict(state)
+    reference.freeze(0, fast=FastOptions(enabled=False))
+    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_deepcopy_and_pickle(tiny_checkpoints):
+    model = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3).eval()
+    x = torch.randn(2, 3, 40, 40)
+    expected = model(x).logits
+    clone = copy.deepcopy(model)
+    torch.testing.assert_close(clone(x).logits, expected)
+    again = pickle.loads(pickle.dumps(model))
+    torch.testing.assert_close(again(x).logits, expected)
+
+
+def test_fold_refuses_when_output_would_change():
+    """A BN fed by a conv output that is also used elsewhere is not folded (checked against the original)."""
+
+    class Tricky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    m = Tricky().eval()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-1, 1)
+        m.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    fast = build_inference_copy(m, x)
+    torch.testing.assert_close(fast(x), m(x))
