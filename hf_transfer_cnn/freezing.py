@@ -189,22 +189,29 @@ class FastOptions:
 
     fold_bn: run a copy whose eval-mode BatchNorms are folded into the preceding convs.
     channels_last: run that copy in channels_last memory format.
-    compile: `torch.compile` the copy (rebuilt on every freeze change; first call pays the compile time).
+    jit: on CPU (outside autocast), freeze the copy into an inference graph (TorchScript freeze +
+        optimize_for_inference: prepacked oneDNN convs), one per input shape; any module that does not
+        trace cleanly runs the eager copy instead.
+    compile: `torch.compile` the eager copy instead (rebuilt on every freeze change; first call compiles).
     """
 
     enabled: bool = True
     fold_bn: bool = True
     channels_last: bool = True
+    jit: bool = True
     compile: bool = False
 
 
-class _FastSlot:
-    """Holds a frozen module's inference copy and the version key of the tensors it was built from."""
+_MAX_SHAPES = 8
 
-    __slots__ = ("options", "copy", "key")
+
+class _FastSlot:
+    """A frozen module's inference copies (one per input signature) and the weights version they were built from."""
+
+    __slots__ = ("options", "copies", "key")
 
     def __init__(self, options: FastOptions):
-        self.options, self.copy, self.key = options, None, None
+        self.options, self.copies, self.key = options, {}, None
 
     def __deepcopy__(self, memo):
         return _FastSlot(self.options)
@@ -213,7 +220,11 @@ class _FastSlot:
         return {"options": self.options}
 
     def __setstate__(self, state):
-        self.options, self.copy, self.key = state["options"], None, None
+        self.options, self.copies, self.key = state["options"], {}, None
+
+    @property
+    def copy(self):
+        return next(iter(self.copies.values()), None)
 
 
 def _version_key(module: nn.Module) -> tuple:
@@ -223,12 +234,19 @@ def _version_key(module: nn.Module) -> tuple:
 def _fast_call(module: nn.Module, x: torch.Tensor):
     slot: _FastSlot = module.__dict__[_FAST]
     key = _version_key(module)
-    if slot.copy is None or slot.key != key:  # first call, or the stored weights changed (load_state_dict, .to())
-        slot.copy = build_inference_copy(module, x, slot.options)
-        slot.key = key
+    if slot.key != key:  # the stored weights changed (load_state_dict, .to(), ...): rebuild
+        slot.copies, slot.key = {}, key
+    autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
+    use_jit = slot.options.jit and not slot.options.compile and x.device.type == "cpu" and not autocast
+    sig = (tuple(x.shape), x.dtype, x.device, autocast) if use_jit else (x.dtype, x.device, autocast)
+    fn = slot.copies.get(sig)
+    if fn is None:
+        if len(slot.copies) >= _MAX_SHAPES:
+            slot.copies.clear()
+        fn = slot.copies[sig] = build_inference_copy(module, x, slot.options, use_jit=use_jit)
     if slot.options.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    return slot.copy(x)
+    return fn(x)
 
 
 def _plain_copy(module: nn.Module) -> nn.Module:
@@ -279,11 +297,13 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
 
 
-def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOptions = FastOptions()) -> nn.Module:
-    """A compute-only copy of a frozen module: BN folded, channels_last, optionally compiled; verified on `x`.
+def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOptions = FastOptions(),
+                         use_jit: bool = False):
+    """A compute-only copy of a frozen module: BN folded, channels_last, optionally a frozen TorchScript graph or
+    compiled; verified on `x` against the original (which is not touched).
 
-    The original module (its parameters and buffers) is not touched. If the folded copy does not reproduce the
-    original output on `x` (up to float rounding), the unfolded copy is used instead.
+    Each optimisation is kept only if the output still matches the original's on `x` up to float rounding;
+    otherwise the copy falls back one level (unfolded eager copy, or eager instead of the graph).
     """
     with torch.no_grad():
         reference = type(module).forward(module, x)
@@ -296,16 +316,36 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
                     fold_conv_bn(conv, bn)
                     _replace(clone, bn_name, nn.Identity())
                     folded += 1
-            if folded:
-                out = clone(x)
-                if not _close(out, reference):
-                    logger.debug("BN folding changed %s's output; running it unfolded.", type(module).__name__)
-                    clone = _plain_copy(module)
+            if folded and not _close(clone(x), reference):
+                logger.debug("BN folding changed %s's output; running it unfolded.", type(module).__name__)
+                clone = _plain_copy(module)
+        xin = x
         if options.channels_last and x.dim() == 4:
             clone = clone.to(memory_format=torch.channels_last)
+            xin = x.contiguous(memory_format=torch.channels_last)
         if options.compile:
-            clone = torch.compile(clone, dynamic=True)
+            return torch.compile(clone, dynamic=True)
+        if use_jit:
+            graph = _freeze_graph(clone, xin)
+            if graph is not None and _close(graph(xin), reference):
+                return graph
     return clone
+
+
+def _freeze_graph(module: nn.Module, x: torch.Tensor):
+    """TorchScript-trace, freeze and optimise `module` for inference on `x`'s shape; None if it can't be done cleanly."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            traced = torch.jit.trace(module, x, check_trace=False)
+            if any(issubclass(w.category, torch.jit.TracerWarning) for w in caught):
+                return None  # Python control flow on tensor values: a trace could be wrong for other inputs
+            return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+    except Exception as err:  # pragma: no cover - depends on the module
+        logger.debug("Could not freeze %s into an inference graph (%s); running it eagerly.", type(module).__name__, err)
+        return None
 
 
 def _close(a, b) -> bool:
