@@ -4,6 +4,7 @@ from .callbacks import FreezeScheduler
 from .freezing import FastOptions, FreezeState, freeze_model
 from .modeling import ClassificationHead, HeadSpec, TransferModel
 from .registry import ArchSpec, UnsupportedArchitectureError, get_arch, register_arch, supported_model_types
+from . import families as _families  # noqa: E402,F401  (registers LeNet-5/AlexNet/VGG/GoogLeNet with AutoConfig)
 
 __version__ = "0.1.0"
 

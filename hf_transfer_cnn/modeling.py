@@ -20,7 +20,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from .freezing import FastOptions, FreezeState, apply_freeze
-from .registry import ArchSpec, StageUnit, get_arch, get_module, set_module, stage_units
+from .registry import ArchSpec, StageUnit, get_arch, get_module, resolve_arch, set_module, stage_units
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class TransferModel(nn.Module):
 
     @property
     def arch(self) -> ArchSpec:
-        return get_arch(self.config.model_type)
+        return resolve_arch(self)  # per-instance for model types with a resolver (timm)
 
     def _meta(self) -> dict:
         return dict(getattr(self.config, CONFIG_KEY, None) or {})
@@ -367,7 +367,9 @@ class TransferModel(nn.Module):
     @property
     def num_input_channels(self) -> int:
         meta = self._meta()
-        return int(meta.get("input_channels") or self.config.num_channels)
+        # configs without num_channels (TimmWrapper): the first conv's input channels
+        return int(meta.get("input_channels") or getattr(self.config, "num_channels", None)
+                   or get_module(self, self.arch.first_conv).in_channels)
 
     @property
     def head_spec(self) -> HeadSpec:
@@ -498,6 +500,10 @@ class TransferModel(nn.Module):
         except (OSError, ValueError, KeyError):
             size = self._meta().get("image_size") or getattr(self.config, "image_size", None) or 224
             proc = default_image_processor(self.config.model_type, int(size))
+        if getattr(proc, "image_mean", None) is None and hasattr(proc, "data_config"):
+            from .families.timm_support import timm_image_processor  # timm's processor, as a transformers one
+
+            proc = timm_image_processor(proc)
         if len(proc.image_mean or ()) != self.num_input_channels:
             proc = adapt_image_processor(proc, num_channels=self.num_input_channels)
         return proc
@@ -575,8 +581,16 @@ class TransferModel(nn.Module):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Pool a feature map and classify it."""
+        return self.classify_pooled(self._pool(features, self.head_spec))
+
+    def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The vector the head sees (after pooling and any post-pool norm), before head dropout."""
+        self._check_input(pixel_values)
+        return self._pool(self.forward_features(pixel_values), self.head_spec)
+
+    def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Head dropout + classifier on pooled features."""
         arch = self.arch
-        pooled = self._pool(features, self.head_spec)
         if arch.head_dropout:
             pooled = get_module(self, arch.head_dropout)(pooled)
         return get_module(self, arch.head)(pooled)
@@ -587,18 +601,26 @@ class TransferModel(nn.Module):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        pooled_features: torch.Tensor | None = None,
         **kwargs,
     ) -> ImageClassifierOutput | tuple:
-        self._check_input(pixel_values)
-        output_hidden_states = bool(output_hidden_states if output_hidden_states is not None
-                                    else self.config.output_hidden_states)
-        if output_hidden_states:
-            features, hidden = self.forward_features(pixel_values, output_hidden_states=True)
+        """Classify `pixel_values`, or precomputed `pooled_features` (see `hf_transfer_cnn.features`)."""
+        hidden = None
+        if pooled_features is not None:
+            if pixel_values is not None:
+                raise ValueError("Pass either pixel_values or pooled_features, not both.")
+            logits = self.classify_pooled(pooled_features)
         else:
-            features, hidden = self.forward_features(pixel_values), None
-        logits = self.forward_head(features)
+            self._check_input(pixel_values)
+            output_hidden_states = bool(output_hidden_states if output_hidden_states is not None
+                                        else self.config.output_hidden_states)
+            if output_hidden_states:
+                features, hidden = self.forward_features(pixel_values, output_hidden_states=True)
+            else:
+                features = self.forward_features(pixel_values)
+            logits = self.forward_head(features)
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not return_dict:
             out = (logits,) + ((hidden,) if hidden is not None else ())
             return ((loss,) + out) if loss is not None else out

@@ -9,12 +9,13 @@ one entry here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from torch import nn
 
-__all__ = ["ArchSpec", "StageUnit", "register_arch", "get_arch", "supported_model_types", "stage_units",
+__all__ = ["ArchSpec", "StageUnit", "register_arch", "get_arch", "resolve_arch", "supported_model_types", "stage_units",
            "get_module", "UnsupportedArchitectureError"]
 
 
@@ -58,6 +59,12 @@ class ArchSpec:
     """The first conv standardises its own weights (BiT), so channel changes cannot be folded into it."""
     extra_trainable: tuple[str, ...] = field(default_factory=tuple)
     """Modules outside stem/stages/neck/head that train with the head (e.g. auxiliary classifiers)."""
+    stage_paths: tuple[tuple[str, ...], ...] = ()
+    """Explicit stage map: one tuple of module paths per stage, in forward order. When given it is used instead of
+    `stages`/`grouping`, for models whose stages are not one ModuleList (torchvision's AlexNet/GoogLeNet, timm)."""
+    resolver: Callable[[nn.Module], ArchSpec] | None = None
+    """For model types whose layout differs per checkpoint (``timm_wrapper``): returns the spec of one model
+    instance (see `resolve_arch`); the registered spec then only serves checks made before a model exists."""
 
 
 @dataclass
@@ -98,6 +105,23 @@ def get_arch(model_type: str | None) -> ArchSpec:
             "`hf_transfer_cnn.registry.register_arch(ArchSpec(...))`."
         )
     return spec
+
+
+_RESOLVED_ATTR = "_hf_transfer_resolved_arch"
+
+
+def resolve_arch(model: nn.Module, spec: ArchSpec | None = None) -> ArchSpec:
+    """The spec that describes `model`: the registered one, or — for model types with a `resolver` — the one
+    derived from this instance (computed once, then cached on the model)."""
+    if spec is None:
+        spec = get_arch(getattr(getattr(model, "config", None), "model_type", None))
+    if spec.resolver is None:
+        return spec
+    resolved = model.__dict__.get(_RESOLVED_ATTR)
+    if resolved is None:
+        resolved = spec.resolver(model)
+        model.__dict__[_RESOLVED_ATTR] = resolved
+    return resolved
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -144,12 +168,16 @@ def stage_units(model: nn.Module, spec: ArchSpec) -> list[StageUnit]:
 
     The neck and post-pool modules are part of the last stage. The head is not a unit: it always trains.
     """
+    spec = resolve_arch(model, spec)
     stem = [get_module(model, p) for p in spec.stem]
     adapter = getattr(model, "input_adapter", None)
     if isinstance(adapter, nn.Module):
         stem.insert(0, adapter)
-    stage_list = list(get_module(model, spec.stages))
-    groups = group_by_stride(stage_list) if spec.grouping == "stride" else [[s] for s in stage_list]
+    if spec.stage_paths:
+        groups = [[get_module(model, p) for p in paths] for paths in spec.stage_paths]
+    else:
+        stage_list = list(get_module(model, spec.stages))
+        groups = group_by_stride(stage_list) if spec.grouping == "stride" else [[s] for s in stage_list]
     units = [StageUnit("stem", stem)] + [StageUnit(f"stage{i + 1}", g) for i, g in enumerate(groups)]
     tail = [get_module(model, p) for p in spec.neck + spec.post_pool]
     units[-1].modules.extend(tail)
@@ -163,8 +191,9 @@ def _ensure_families_loaded() -> None:
     # Families outside transformers (LeNet, torchvision-backed, timm) register themselves on import.
     global _FAMILIES_LOADED
     if not _FAMILIES_LOADED:
-        _FAMILIES_LOADED = True
         from . import families  # noqa: F401
+
+        _FAMILIES_LOADED = True
 
 
 # --- transformers-native architectures -------------------------------------------------------------

@@ -1,1 +1,20 @@
-"""Model families that transformers does not ship (registered with the Auto classes on import)."""
+"""Model families beyond transformers' own: LeNet-5, AlexNet, VGG, GoogLeNet (registered with the Auto classes and
+the stage registry on import), torchvision -> Hub converters, and TimmWrapper stage maps.
+
+* `convert_torchvision(arch, weights_path, output_dir, num_labels=None)` — a torchvision ``.pth`` as a checkpoint
+  directory (ResNet and MobileNetV2 become transformers' own classes).
+* `init_checkpoint(arch, output_dir, ...)` — a randomly initialised checkpoint of any supported ARCH.
+"""
+
+from . import registration, timm_support  # noqa: F401  (registration side effects)
+from .archs import CONVERTIBLE_ARCHS, INIT_ARCHS, UnknownArchError
+from .convert import ConversionError, convert_torchvision, init_checkpoint, load_torchvision_state_dict
+from .lenet import LeNet5Config, LeNet5ForImageClassification, LeNet5Model
+from .torchvision_backed import (AlexNetConfig, AlexNetForImageClassification, GoogLeNetConfig,
+                                 GoogLeNetForImageClassification, VGGConfig, VGGForImageClassification)
+
+__all__ = ["convert_torchvision", "init_checkpoint", "load_torchvision_state_dict", "ConversionError",
+           "UnknownArchError", "CONVERTIBLE_ARCHS", "INIT_ARCHS",
+           "LeNet5Config", "LeNet5Model", "LeNet5ForImageClassification", "AlexNetConfig",
+           "AlexNetForImageClassification", "VGGConfig", "VGGForImageClassification", "GoogLeNetConfig",
+           "GoogLeNetForImageClassification"]

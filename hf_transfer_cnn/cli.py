@@ -1,0 +1,149 @@
+"""The ``hf-transfer-cnn`` command.
+
+Subcommands (each one an ``add_<name>_command(subparsers)`` function that sets ``func``):
+
+* ``convert ARCH --weights FILE --output DIR`` — torchvision weights as a Hub-ready checkpoint;
+* ``init ARCH --output DIR`` — a randomly initialised checkpoint (LeNet-5 included);
+* ``push DIR --repo-id REPO`` — upload a finished directory to the Hub (also the retry after a failed push).
+
+``main(argv)`` returns the exit status: 0 on success, 2 for a problem with the arguments or inputs (the message
+says what is wrong and what to do), 1 when the Hub refused a push (the local directory is complete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main", "build_parser", "add_convert_command", "add_init_command", "add_push_command"]
+
+logger = logging.getLogger("hf_transfer_cnn")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .families import convert_torchvision
+
+    out = convert_torchvision(args.arch, args.weights, args.output, num_labels=args.num_labels,
+                              transform_input=False if args.no_transform_input else None,
+                              drop_aux_classifiers=args.drop_aux_classifiers, overwrite=args.overwrite,
+                              push_to_hub=args.push_to_hub)
+    print(f"Wrote {args.arch} checkpoint to {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from .families import init_checkpoint
+
+    out = init_checkpoint(args.arch, args.output, num_labels=args.num_labels, num_channels=args.num_channels,
+                          image_size=args.image_size, seed=args.seed, overwrite=args.overwrite,
+                          push_to_hub=args.push_to_hub)
+    print(f"Wrote randomly initialised {args.arch} checkpoint to {out}"
+          + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_output_dir
+
+    url = push_output_dir(args.directory, args.repo_id, private=args.private)
+    print(f"Pushed {args.directory} to {args.repo_id}: {url}")
+    return 0
+
+
+def add_convert_command(subparsers) -> argparse.ArgumentParser:
+    from .families.archs import CONVERTIBLE_ARCHS
+
+    p = subparsers.add_parser(
+        "convert", help="convert torchvision weights (.pth) into a Hub-ready checkpoint directory",
+        description="Convert a torchvision state dict into a checkpoint directory (config.json, model.safetensors, "
+                    "preprocessor_config.json). ResNet and MobileNetV2 become transformers' own classes; the "
+                    "conversion is checked against torchvision's logits before anything is written.")
+    p.add_argument("arch", metavar="ARCH", help=f"one of: {', '.join(CONVERTIBLE_ARCHS)}")
+    p.add_argument("--weights", required=True, metavar="FILE", help="torchvision-format state dict (.pth)")
+    p.add_argument("--output", required=True, metavar="DIR", help="checkpoint directory to write")
+    p.add_argument("--num-labels", type=_positive_int, metavar="N",
+                   help="give the model a fresh N-label classifier (default: keep the weights' classifier)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also upload the directory to this Hub repo")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--no-transform-input", action="store_true",
+                   help="googlenet: the weights do not expect torchvision's input transform")
+    p.add_argument("--drop-aux-classifiers", action="store_true", help="googlenet: leave out the aux classifiers")
+    p.set_defaults(func=_cmd_convert)
+    return p
+
+
+def add_init_command(subparsers) -> argparse.ArgumentParser:
+    from .families.archs import INIT_ARCHS
+
+    p = subparsers.add_parser(
+        "init", help="write a randomly initialised checkpoint of any supported architecture",
+        description="Write a randomly initialised checkpoint directory (defaults: 1000 labels, 3 channels, 224 px; "
+                    "lenet5: 10 labels, 1 channel, 32 px).")
+    p.add_argument("arch", metavar="ARCH", help=f"one of: {', '.join(INIT_ARCHS)}")
+    p.add_argument("--output", required=True, metavar="DIR", help="checkpoint directory to write")
+    p.add_argument("--num-labels", type=_positive_int, metavar="N")
+    p.add_argument("--num-channels", type=_positive_int, metavar="C", help="input channels (1 = grayscale)")
+    p.add_argument("--image-size", type=_positive_int, metavar="S", help="square input size in pixels")
+    p.add_argument("--seed", type=int, help="random seed for the initialisation")
+    p.add_argument("--push-to-hub", metavar="REPO", help="also upload the directory to this Hub repo")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(func=_cmd_init)
+    return p
+
+
+def add_push_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("push", help="upload a checkpoint/output directory to the Hub",
+                              description="Upload a finished directory to a Hub model repo (created if needed); "
+                                          "files already on the Hub unchanged are skipped, so it also retries.")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--repo-id", required=True, metavar="REPO")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.set_defaults(func=_cmd_push)
+    return p
+
+
+COMMANDS: list[Callable] = [add_convert_command, add_init_command, add_push_command]
+"""Subcommand builders, in help order; a new subcommand appends its ``add_<name>_command`` here."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-transfer-cnn",
+                                     description="CNN transfer learning for the Hugging Face ecosystem.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hf-transfer-cnn`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    from .families import ConversionError, UnknownArchError
+    from .hub import HubPushError
+
+    try:
+        return args.func(args)
+    except HubPushError as err:
+        print(f"hf-transfer-cnn {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except (ConversionError, UnknownArchError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"hf-transfer-cnn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

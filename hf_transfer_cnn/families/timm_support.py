@@ -1,0 +1,212 @@
+"""timm checkpoints (transformers' ``TimmWrapper``) as TransferModels: stage maps from timm's own metadata.
+
+Every timm checkpoint has ``model_type="timm_wrapper"``, but the layout depends on the timm architecture, so the
+registry entry carries a `resolver` that reads the layout off each model instance:
+
+* stem: the leading modules matched by ``group_matcher()["stem"]`` (plus parameter-free ones between them);
+* stages: the remaining modules, split after each module named in ``feature_info`` (a child container such as
+  ``blocks`` is opened when ``feature_info`` points inside it);
+* neck: modules after the last ``feature_info`` module (e.g. EfficientNet's ``conv_head``/``bn2``);
+* pooling and classifier: ``global_pool`` and ``pretrained_cfg["classifier"]`` (top-level, or inside a
+  ``ClassifierHead``); ``first_conv`` from ``pretrained_cfg["first_conv"]``.
+
+The derived chain is checked against timm's own ``forward_features`` + ``forward_head`` on a small input; layouts
+it does not reproduce (e.g. heads that normalise before pooling, ViTs) are refused with an error naming the model.
+Channel changes go through TransferModel's 1x1 input adapter (``standardized_stem``), because transformers rebuilds
+a timm model from its config with the original number of input channels.
+timm's functional head dropout (``drop_rate``) is not applied by TransferModel's forward.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from ..registry import ArchSpec, get_module, register_arch
+
+__all__ = ["timm_arch_spec", "timm_image_processor", "UnsupportedTimmModelError"]
+
+MODEL_TYPE = "timm_wrapper"
+_ROOT = "timm_model"
+
+
+class UnsupportedTimmModelError(ValueError):
+    """The timm model's layout cannot be described as stem -> stages -> neck -> pool -> classifier."""
+
+
+def _feature_modules(timm_model: nn.Module) -> list[tuple[str, int]]:
+    info = getattr(timm_model, "feature_info", None)
+    if info is None:
+        return []
+    if hasattr(info, "get_dicts"):
+        info = info.get_dicts()
+    return [(d["module"], int(d.get("reduction", 1))) for d in info if d.get("module")]
+
+
+def _pieces(timm_model: nn.Module, exclude: set[str], feature_paths: list[str]) -> list[tuple[str, nn.Module]]:
+    """Modules in definition order; a container is opened when a feature_info path points inside it."""
+    out: list[tuple[str, nn.Module]] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if path in exclude:
+                continue
+            if any(f.startswith(path + ".") for f in feature_paths):
+                visit(path + ".", child)
+            else:
+                out.append((path, child))
+
+    visit("", timm_model)
+    return out
+
+
+def _stem_regex(timm_model: nn.Module) -> str | None:
+    try:
+        matcher = timm_model.group_matcher(coarse=True)
+    except Exception:  # not every timm model implements it
+        return None
+    stem = matcher.get("stem") if isinstance(matcher, dict) else None
+    return stem if isinstance(stem, str) else None
+
+
+def _has_params(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters())
+
+
+def timm_arch_spec(model: nn.Module) -> ArchSpec:
+    """The stage map of one TimmWrapper model (`model.timm_model`), checked against timm's forward."""
+    timm_model = getattr(model, _ROOT, None)
+    name = getattr(getattr(model, "config", None), "architecture", type(timm_model).__name__)
+    if timm_model is None:
+        raise UnsupportedTimmModelError(f"{type(model).__name__} has no `timm_model`; is it a TimmWrapper model?")
+
+    def refuse(why: str) -> UnsupportedTimmModelError:
+        return UnsupportedTimmModelError(
+            f"timm model {name!r} is not supported by TransferModel: {why}. Supported are timm CNNs laid out as "
+            "stem -> stages -> [neck] -> global_pool -> classifier (ResNet, EfficientNet, RegNet, ...)."
+        )
+
+    cfg = dict(getattr(timm_model, "pretrained_cfg", None) or {})
+    classifier, first_conv = cfg.get("classifier"), cfg.get("first_conv")
+    if not isinstance(classifier, str) or not isinstance(first_conv, str):
+        raise refuse("its pretrained_cfg names no classifier/first_conv")
+    head_parent = classifier.rpartition(".")[0]
+    owner = get_module(timm_model, head_parent) if head_parent else timm_model
+    if not isinstance(getattr(owner, "global_pool", None), nn.Module):
+        raise refuse(f"no `global_pool` next to its classifier {classifier!r}")
+    pool = f"{head_parent}.global_pool" if head_parent else "global_pool"
+    if head_parent:  # a ClassifierHead: pool -> [dropout] -> classifier, nothing else that computes
+        leaf = classifier.rpartition(".")[2]
+        extra = [n for n, m in owner.named_children()
+                 if n not in ("global_pool", "drop", leaf) and not isinstance(m, (nn.Identity, nn.Flatten, nn.Dropout))]
+        if extra:
+            raise refuse(f"its head {head_parent!r} applies {', '.join(extra)} between pooling and the classifier")
+    drop = getattr(owner, "drop", None) if head_parent else None
+    head_dropout = f"{_ROOT}.{head_parent}.drop" if isinstance(drop, nn.Dropout) else None
+    if not isinstance(get_module(timm_model, classifier), nn.Linear):
+        raise refuse(f"its classifier {classifier!r} is not a Linear layer")
+    if not isinstance(get_module(timm_model, first_conv), nn.Conv2d):
+        raise refuse(f"its first conv {first_conv!r} is not a Conv2d")
+
+    features = _feature_modules(timm_model)
+    if not features:
+        raise refuse("it has no feature_info")
+    feature_paths = [f for f, _ in features]
+    exclude = {head_parent} if head_parent else {"global_pool", classifier}
+    pieces = _pieces(timm_model, exclude, feature_paths)
+
+    # stem: leading pieces matched by timm's group_matcher (param-free pieces in between join it)
+    stem_end = 0
+    regex = _stem_regex(timm_model)
+    if regex:
+        for i, (path, m) in enumerate(pieces):
+            if re.match(regex, path):
+                stem_end = i + 1
+            elif _has_params(m):
+                break
+    if stem_end == 0:  # fallback: everything before the first feature module (inclusive if it is the stem output)
+        first = next((i for i, (p, _) in enumerate(pieces) if p in feature_paths), None)
+        if first is None:
+            raise refuse("none of its feature_info modules is part of its forward chain")
+        stem_end = first + 1 if dict(features)[pieces[first][0]] <= 2 else first
+    stem, body = pieces[:stem_end], pieces[stem_end:]
+
+    stages: list[list[str]] = []
+    current: list[str] = []
+    for path, _ in body:
+        current.append(path)
+        if path in feature_paths:
+            stages.append(current)
+            current = []
+    neck = current
+    if not stages:
+        raise refuse("no feature_info module follows its stem")
+
+    p = lambda path: f"{_ROOT}.{path}"  # noqa: E731
+    spec = ArchSpec(
+        model_type=MODEL_TYPE, stem=tuple(p(s) for s, _ in stem), stages=_ROOT,
+        stage_paths=tuple(tuple(p(s) for s in stage) for stage in stages), neck=tuple(p(s) for s in neck),
+        first_conv=p(first_conv), pooler=p(pool), head_dropout=head_dropout, head=p(classifier),
+        min_image_size=max(32, max(r for _, r in features)), standardized_stem=True,
+    )
+    _check_chain(model, spec, refuse)
+    if getattr(model.config, "num_channels", None) is None:
+        model.config.num_channels = get_module(model, spec.first_conv).in_channels
+    return spec
+
+
+def _check_chain(model: nn.Module, spec: ArchSpec, refuse) -> None:
+    """The stage chain must reproduce timm's forward (eval mode, small random input)."""
+    timm_model = getattr(model, _ROOT)
+    ref_param = next(timm_model.parameters())
+    if ref_param.device.type == "meta":
+        return
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for m in model.modules():
+            m.training = False
+        conv = get_module(model, spec.first_conv)
+        size = spec.min_image_size * 2
+        x = torch.randn(1, conv.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+        x = x.to(device=ref_param.device, dtype=ref_param.dtype)
+        with torch.no_grad():
+            expected = timm_model.forward_head(timm_model.forward_features(x))
+            h = x
+            for path in spec.stem + tuple(q for stage in spec.stage_paths for q in stage) + spec.neck:
+                h = get_module(model, path)(h)
+            h = get_module(model, spec.pooler)(h).flatten(1)
+            got = get_module(model, spec.head)(h)
+        ok = got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    except Exception as err:  # a layout we misread fails here rather than later
+        raise refuse(f"its modules do not run as a chain ({type(err).__name__}: {err})") from err
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if not ok:
+        raise refuse("running its modules in order does not reproduce timm's forward")
+
+
+_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}  # PIL.Image.Resampling values
+
+
+def timm_image_processor(processor):
+    """A transformers image processor equivalent to a ``TimmWrapperImageProcessor``'s evaluation transform
+    (resize to size / crop_pct, centre crop, timm's mean/std), which TransferModel can adapt to other channel
+    counts and sizes. timm's non-centre crop modes are approximated by a centre crop."""
+    from transformers import ConvNextImageProcessor
+
+    dc = processor.data_config
+    size = int(dc["input_size"][-1])
+    crop_pct = float(dc.get("crop_pct") or 0.875)
+    if size >= 384:  # ConvNextImageProcessor warps (no crop) from 384 px on; crop_pct=1 keeps that honest
+        crop_pct = 1.0
+    return ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=crop_pct,
+                                  resample=_RESAMPLE.get(str(dc.get("interpolation")), 3),
+                                  image_mean=list(dc["mean"]), image_std=list(dc["std"]))
+
+
+register_arch(ArchSpec(model_type=MODEL_TYPE, stem=(), stages=_ROOT, first_conv=_ROOT, resolver=timm_arch_spec,
+                       standardized_stem=True), overwrite=True)
