@@ -175,6 +175,17 @@ class FreezeScheduler(TrainerCallback):
         base = self.stages[0] if self.stages else 0
         return next((s for s, n in zip(self.steps, self.stages) if n > base), None)
 
+    def phases_until(self, step: int) -> list[tuple[int, int]]:
+        """(first optimizer step, trainable stage count) of each phase that started before `step`."""
+        out: list[tuple[int, int]] = []
+        for s, n in zip(self.steps, self.stages):
+            if s < max(step, 1) and (not out or out[-1][1] != n):
+                if out and out[-1][0] == s:
+                    out[-1] = (s, n)
+                else:
+                    out.append((s, n))
+        return out
+
     def lr_factor_at(self, step: int) -> float:
         first = self.first_unfreeze_step
         return self.lr_factor if first is not None and step >= first else 1.0

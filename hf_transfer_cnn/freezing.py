@@ -190,8 +190,8 @@ class FastOptions:
     fold_bn: run a copy whose eval-mode BatchNorms are folded into the preceding convs.
     channels_last: run that copy in channels_last memory format.
     jit: on CPU (outside autocast), freeze the copy into an inference graph (TorchScript freeze +
-        optimize_for_inference: prepacked oneDNN convs), one per input shape; any module that does not
-        trace cleanly runs the eager copy instead.
+        optimize_for_inference: prepacked oneDNN convs), one per input size (C, H, W); a module that does not
+        trace cleanly, or whose graph does not reproduce it at another batch size, runs the eager copy instead.
     compile: `torch.compile` the eager copy instead (rebuilt on every freeze change; first call compiles).
     """
 
@@ -238,7 +238,7 @@ def _fast_call(module: nn.Module, x: torch.Tensor):
         slot.copies, slot.key = {}, key
     autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
     use_jit = slot.options.jit and not slot.options.compile and x.device.type == "cpu" and not autocast
-    sig = (tuple(x.shape), x.dtype, x.device, autocast) if use_jit else (x.dtype, x.device, autocast)
+    sig = (tuple(x.shape[1:]), x.dtype, x.device, autocast) if use_jit else (x.dtype, x.device, autocast)
     fn = slot.copies.get(sig)
     if fn is None:
         if len(slot.copies) >= _MAX_SHAPES:
@@ -305,29 +305,32 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
     Each optimisation is kept only if the output still matches the original's on `x` up to float rounding;
     otherwise the copy falls back one level (unfolded eager copy, or eager instead of the graph).
     """
+    probe = x[:2]  # per-sample ops: a couple of samples are enough to build and check the copy
+    check = x[:3] if len(x) >= 3 else x
     with torch.no_grad():
-        reference = type(module).forward(module, x)
+        reference = type(module).forward(module, probe)
         clone = _plain_copy(module)
         if options.fold_bn:
             folded = 0
-            for conv_name, bn_name in _conv_bn_pairs(clone, x):
+            for conv_name, bn_name in _conv_bn_pairs(clone, probe):
                 conv, bn = clone.get_submodule(conv_name), clone.get_submodule(bn_name)
                 if conv.out_channels == bn.num_features and bn.track_running_stats:
                     fold_conv_bn(conv, bn)
                     _replace(clone, bn_name, nn.Identity())
                     folded += 1
-            if folded and not _close(clone(x), reference):
+            if folded and not _close(clone(probe), reference):
                 logger.debug("BN folding changed %s's output; running it unfolded.", type(module).__name__)
                 clone = _plain_copy(module)
-        xin = x
         if options.channels_last and x.dim() == 4:
             clone = clone.to(memory_format=torch.channels_last)
-            xin = x.contiguous(memory_format=torch.channels_last)
+            probe = probe.contiguous(memory_format=torch.channels_last)
+            check = check.contiguous(memory_format=torch.channels_last)
         if options.compile:
             return torch.compile(clone, dynamic=True)
         if use_jit:
-            graph = _freeze_graph(clone, xin)
-            if graph is not None and _close(graph(xin), reference):
+            graph = _freeze_graph(clone, probe)
+            # checked at a batch size other than the traced one: the graph must not have baked it in
+            if graph is not None and _close(graph(check), type(module).forward(module, check)):
                 return graph
     return clone
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["unfreeze_steps", "plot_training_curves", "plot_confusion_matrix"]
+__all__ = ["plot_training_curves", "plot_confusion_matrix"]
 
 
 def _plt():
@@ -19,26 +19,15 @@ def _plt():
     return plt
 
 
-def unfreeze_steps(log_history: Sequence[dict]) -> list[tuple[int, int]]:
-    """(step, trainable stage count) where the count logged by FreezeScheduler changes."""
-    changes, last = [], None
-    for entry in log_history:
-        n = entry.get("trainable_stages")
-        if n is not None and n != last:
-            if last is not None:
-                changes.append((int(entry["step"]) - 1, int(n)))
-            last = n
-    return changes
-
-
-def plot_training_curves(log_history: Sequence[dict], path: str | os.PathLike) -> str:
-    """Loss (train/eval), eval accuracy and learning rate against the step; unfreeze steps marked."""
+def plot_training_curves(log_history: Sequence[dict], path: str | os.PathLike,
+                         marks: Sequence[tuple[int, int]] = ()) -> str:
+    """Loss (train/eval), eval accuracy and learning rate against the step; `marks` = (step, trainable stages)
+    of each unfreeze, drawn as vertical lines."""
     plt = _plt()
     train = [(e["step"], e["loss"]) for e in log_history if "loss" in e and "step" in e]
     lrs = [(e["step"], e["learning_rate"]) for e in log_history if "learning_rate" in e and "step" in e]
     evl = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
     acc = [(e["step"], e["eval_accuracy"]) for e in log_history if "eval_accuracy" in e]
-    marks = unfreeze_steps(log_history)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     panels = [
         (axes[0], "loss", [("train", train), ("eval", evl)]),

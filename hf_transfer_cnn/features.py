@@ -1,0 +1,86 @@
+"""Feature caching: with the whole backbone frozen, compute its pooled features once and train only the head.
+
+Features are stored as an Arrow file in the datasets cache, keyed by the backbone's weights, the input
+adaptation and pooling, the preprocessing and the dataset fingerprint, so later epochs *and later runs*
+skip the backbone. A cached dataset has ``pooled_features`` and ``labels`` columns; `TransferModel.forward`
+takes ``pooled_features`` in place of ``pixel_values`` and runs only dropout + classifier, exactly what
+the full forward runs after pooling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["feature_cache_key", "cache_pooled_features", "features_cache_dir"]
+
+
+def features_cache_dir() -> Path:
+    from datasets import config
+
+    return Path(os.environ.get("HF_TRANSFER_CNN_FEATURES_CACHE", Path(config.HF_DATASETS_CACHE) / "hf_transfer_cnn_features"))
+
+
+def _backbone_tensors(model) -> list[tuple[str, torch.Tensor]]:
+    head_prefixes = tuple(p for p in (model.arch.head, model.arch.head_dropout) if p)
+    return [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
+            if not n.startswith(head_prefixes)]
+
+
+def feature_cache_key(model, transform: Any, dataset) -> str:
+    """Hash of everything the cached features depend on."""
+    h = hashlib.sha256()
+    for name, t in _backbone_tensors(model):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(repr((model.config.model_type, model.num_input_channels, model.head_spec.pooling)).encode())
+    h.update(repr(transform).encode())
+    h.update(str(getattr(dataset, "_fingerprint", None) or len(dataset)).encode())
+    return h.hexdigest()[:32]
+
+
+def cache_pooled_features(model, dataset, transform, *, image_column: str = "image", label_column: str = "label",
+                          batch_size: int = 64, cache_dir: str | os.PathLike | None = None):
+    """A `datasets.Dataset` of ``pooled_features``/``labels`` for `dataset` (raw images), cached on disk.
+
+    `transform` must be deterministic (the eval transform): augmentation would be frozen into the cache.
+    Requires every backbone stage of `model` to be frozen.
+    """
+    state = model.freeze_state
+    if state is None or state.trainable_stages != 0:
+        raise ValueError("Feature caching needs the whole backbone frozen (trainable_stages=0); with trainable stages "
+                         "the features change every step. Use strategy='feature_extraction'.")
+    if getattr(transform, "train", False):
+        raise ValueError("Feature caching needs a deterministic transform (augment=False / the eval transform); "
+                         "random augmentation cannot be cached.")
+    key = feature_cache_key(model, transform, dataset)
+    directory = Path(cache_dir) if cache_dir else features_cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{key}.arrow"
+    hit = path.exists()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+
+    def encode(batch):
+        x = torch.stack([transform(img) for img in batch[image_column]]).to(device)
+        with torch.no_grad():
+            pooled = model.pooled_features(x).float().cpu().numpy()
+        return {"pooled_features": pooled.astype(np.float32), "labels": np.asarray(batch[label_column], np.int64)}
+
+    try:
+        cached = dataset.map(encode, batched=True, batch_size=batch_size, remove_columns=dataset.column_names,
+                             cache_file_name=str(path), load_from_cache_file=True, new_fingerprint=key,
+                             desc="Computing backbone features")
+    finally:
+        model.train(was_training)
+    logger.info("%s backbone features for %d images (%s)", "Loaded cached" if hit else "Computed", len(cached), path)
+    return cached.with_format("torch")

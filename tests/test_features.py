@@ -1,0 +1,75 @@
+"""Issue #6: cached backbone features train the same model as the full path, and are reused across runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+
+from hf_transfer_cnn import TransferModel
+from hf_transfer_cnn.data import build_transforms, collate_fn, load_image_classification_data, with_transforms, write_imagefolder
+from hf_transfer_cnn.features import cache_pooled_features
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("feat")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (36, 36, 3), dtype=np.uint8) for _ in range(24)]
+    write_imagefolder(root, images, [i % 3 for i in range(24)], ["a", "b", "c"], split="train")
+    return str(root / "train")
+
+
+def _model(ckpt):
+    torch.manual_seed(0)
+    return TransferModel.from_pretrained(ckpt, num_labels=3, image_size=32, trainable_stages=0)
+
+
+def _train(model, ds, tmp_path, collator):
+    args = T.TrainingArguments(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, learning_rate=0.05,
+                               use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+                               seed=0, data_seed=0, remove_unused_columns=False)
+    T.Trainer(model=model, args=args, train_dataset=ds, data_collator=collator).train()
+
+
+def test_cached_path_trains_the_same_model(tiny_checkpoints, folder, tmp_path):
+    ckpt = tiny_checkpoints["mobilenet_v2"]  # has head dropout: same masks on both paths
+    train_raw, _, _ = load_image_classification_data(train_dir=folder, train_val_split=0)
+    normal = _model(ckpt)
+    _, eval_tf = build_transforms(normal.image_processor, 3, image_size=32, augment=False)
+    _train(normal, with_transforms(train_raw, eval_tf), tmp_path / "a", collate_fn)
+
+    cached_model = _model(ckpt)
+    cache_dir = tmp_path / "cache"
+    cached = cache_pooled_features(cached_model, train_raw, eval_tf, cache_dir=cache_dir)
+    assert set(cached.column_names) == {"pooled_features", "labels"} and len(cached) == 24
+    _train(cached_model, cached, tmp_path / "b", None)
+
+    x = torch.stack([eval_tf(train_raw[i]["image"]) for i in range(6)])
+    torch.testing.assert_close(cached_model.eval()(x).logits, normal.eval()(x).logits, rtol=0, atol=1e-5)
+    initial = _model(ckpt).classifier.weight
+    assert not torch.equal(cached_model.classifier.weight, initial), "the head did not train"
+
+    # A later run reuses the Arrow file; a different backbone gets a different file.
+    files = sorted(cache_dir.glob("*.arrow"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    again = cache_pooled_features(_model(ckpt), train_raw, eval_tf, cache_dir=cache_dir)
+    assert files[0].stat().st_mtime_ns == mtime and torch.equal(again[:]["pooled_features"], cached[:]["pooled_features"])
+    other = _model(ckpt)
+    with torch.no_grad():
+        next(other.mobilenet_v2.parameters()).add_(0.01)
+    cache_pooled_features(other, train_raw, eval_tf, cache_dir=cache_dir)
+    assert len(list(cache_dir.glob("*.arrow"))) == 2
+
+
+def test_cache_refuses_trainable_backbone_and_augmentation(tiny_checkpoints, folder, tmp_path):
+    train_raw, _, _ = load_image_classification_data(train_dir=folder, train_val_split=0)
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3, trainable_stages=1)
+    train_tf, eval_tf = build_transforms(model.image_processor, 3, image_size=32, augment=True)
+    with pytest.raises(ValueError, match="whole backbone frozen"):
+        cache_pooled_features(model, train_raw, eval_tf, cache_dir=tmp_path)
+    model.freeze(0)
+    with pytest.raises(ValueError, match="deterministic transform"):
+        cache_pooled_features(model, train_raw, train_tf, cache_dir=tmp_path)
