@@ -25,10 +25,10 @@ test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: setup
-	bash recipes/demo.sh
+	HF_HUB_OFFLINE=1 $(PY) recipes/demo.py
 
 bench: setup
-	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/throughput.py && $(PY) benchmarks/feature_cache.py && $(PY) benchmarks/scheduler_overhead.py
 
 clean:
 	rm -rf $(VENV) demo_output

