@@ -1,0 +1,157 @@
+"""Benchmark 1: train-step throughput (img/s) — ours vs plain PyTorch/Trainer-style steps, same run, same model.
+
+    python benchmarks/throughput.py [--image-size 96] [--batch-size 32] [--device cpu|cuda] [--bf16] [--channels-last]
+
+Rows: plain transformers eager inference (the "limit"), a naive frozen backbone (requires_grad off, BN eval),
+a plain full fine-tune step, and our feature extraction / top-2 fine-tune / full fine-tune steps (defaults).
+Writes benchmarks/results/throughput[-<device>].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from transformers import MobileNetV2Config, MobileNetV2ForImageClassification  # noqa: E402
+
+from hf_transfer_cnn import TransferModel  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_checkpoint(path: Path) -> str:
+    """Full-size MobileNetV2 (ImageNet layout, random weights: speed does not depend on the values)."""
+    if not (path / "model.safetensors").exists():
+        torch.manual_seed(0)
+        cfg = MobileNetV2Config(tf_padding=False, layer_norm_eps=1e-5, num_labels=1000)
+        MobileNetV2ForImageClassification(cfg).save_pretrained(path)
+    return str(path)
+
+
+def timed(step, batches: int, repeats: int, warmup: int = 3) -> float:
+    """Median seconds per call over `repeats` rounds of `batches` calls."""
+    for _ in range(warmup):
+        step()
+    sync()
+    rounds = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(batches):
+            step()
+        sync()
+        rounds.append((time.perf_counter() - t) / batches)
+    return statistics.median(rounds)
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def train_step_fn(model, x, y, autocast):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+    model.train()
+
+    def step():
+        with autocast():
+            loss = torch.nn.functional.cross_entropy(model(pixel_values=x).logits, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # Trainer's default max_grad_norm
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (both sides)")
+    ap.add_argument("--channels-last", action="store_true", help="baselines also in channels_last")
+    ap.add_argument("--workdir", default="/tmp/hf_transfer_cnn_bench")
+    args = ap.parse_args(argv)
+
+    dev = torch.device(args.device)
+    ckpt = make_checkpoint(Path(args.workdir) / "mobilenet_v2_full")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g).to(dev)
+    y = torch.randint(0, 10, (args.batch_size,), generator=g).to(dev)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    xb = x.contiguous(memory_format=fmt)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
+
+    def plain(num_labels=10):
+        m = MobileNetV2ForImageClassification.from_pretrained(ckpt, num_labels=num_labels,
+                                                              ignore_mismatched_sizes=True).to(dev)
+        return m.to(memory_format=fmt)
+
+    def ours(stages):
+        return TransferModel.from_pretrained(ckpt, num_labels=10, trainable_stages=stages).to(dev)
+
+    rows = {}
+    m = plain(1000).eval()
+
+    def infer():
+        with torch.no_grad(), autocast():
+            m(pixel_values=xb)
+
+    rows["plain eager inference (limit)"] = timed(infer, args.batches, args.repeats)
+
+    naive = plain()
+    for p in naive.mobilenet_v2.parameters():
+        p.requires_grad_(False)
+    step = train_step_fn(naive, xb, y, autocast)
+
+    def naive_step():
+        naive.mobilenet_v2.eval()  # what a careful user does by hand every step
+        step()
+
+    rows["plain frozen backbone step (naive)"] = timed(naive_step, args.batches, args.repeats)
+    rows["plain full fine-tune step"] = timed(train_step_fn(plain(), xb, y, autocast), args.batches, args.repeats)
+    rows["ours feature extraction step"] = timed(train_step_fn(ours(0), x, y, autocast), args.batches, args.repeats)
+    rows["ours top-2 fine-tune step"] = timed(train_step_fn(ours(2), x, y, autocast), args.batches, args.repeats)
+    rows["ours full fine-tune step"] = timed(train_step_fn(ours("all"), x, y, autocast), args.batches, args.repeats)
+
+    ips = {k: args.batch_size / v for k, v in rows.items()}
+    ratios = {
+        "feature_extraction / eager_inference (target >= 2.5)":
+            ips["ours feature extraction step"] / ips["plain eager inference (limit)"],
+        "top2_finetune / plain_full_finetune (target >= 3)":
+            ips["ours top-2 fine-tune step"] / ips["plain full fine-tune step"],
+        "ours_full / plain_full": ips["ours full fine-tune step"] / ips["plain full fine-tune step"],
+    }
+    print(f"\nMobileNetV2 {args.image_size}px, batch {args.batch_size}, {args.device}, bf16={args.bf16}, "
+          f"threads={torch.get_num_threads()}")
+    print(f"{'configuration':45s} {'img/s':>9s}")
+    for k, v in ips.items():
+        print(f"{k:45s} {v:9.1f}")
+    for k, v in ratios.items():
+        print(f"{k:55s} {v:6.2f}x")
+    RESULTS.mkdir(exist_ok=True)
+    tag = "" if args.device == "cpu" else f"-{args.device}"
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+           "torch": torch.__version__, "device": str(dev), "args": vars(args), "img_per_s": ips, "ratios": ratios,
+           "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    (RESULTS / f"throughput{tag}.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
