@@ -4,6 +4,7 @@ Subcommands (each one an ``add_<name>_command(subparsers)`` function that sets `
 
 * ``convert ARCH --weights FILE --output DIR`` — torchvision weights as a Hub-ready checkpoint;
 * ``init ARCH --output DIR`` — a randomly initialised checkpoint (LeNet-5 included);
+* ``predict MODEL IMAGE...`` — top-k labels for image files;
 * ``push DIR --repo-id REPO`` — upload a finished directory to the Hub (also the retry after a failed push).
 
 ``main(argv)`` returns the exit status: 0 on success, 2 for a problem with the arguments or inputs (the message
@@ -17,7 +18,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["main", "build_parser", "add_convert_command", "add_init_command", "add_push_command"]
+__all__ = ["main", "build_parser", "predict", "add_convert_command", "add_init_command", "add_predict_command",
+           "add_push_command"]
 
 logger = logging.getLogger("hf_transfer_cnn")
 
@@ -114,7 +116,54 @@ def add_push_command(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS: list[Callable] = [add_convert_command, add_init_command, add_push_command]
+def predict(model_name_or_path: str, images: Sequence[str], top_k: int = 5, **hub_kwargs) -> list[list[tuple[str, float]]]:
+    """Top-k (label, probability) for each image file, preprocessed exactly as the recipe's evaluation does."""
+    import torch
+
+    from .data import build_transforms, load_image
+    from .modeling import TransferModel
+
+    model = TransferModel.from_pretrained(model_name_or_path, **hub_kwargs).eval()
+    _, eval_tf = build_transforms(model.image_processor, model.num_input_channels, augment=False)
+    batch = []
+    for path in images:
+        try:
+            batch.append(eval_tf(load_image(str(path))))
+        except Exception as err:
+            raise ValueError(f"cannot read image {path!r}: {err}") from err
+    with torch.no_grad():
+        probs = model(torch.stack(batch)).logits.softmax(-1)
+    k = min(top_k, probs.shape[-1])
+    values, indices = probs.topk(k, dim=-1)
+    labels = model.config.id2label
+    return [[(labels[int(i)], float(v)) for v, i in zip(vs, ids)] for vs, ids in zip(values, indices)]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    results = predict(args.model, args.images, top_k=args.top_k)
+    for path, preds in zip(args.images, results):
+        if args.json:
+            print(json.dumps({"image": path, "predictions": [{"label": lab, "score": p} for lab, p in preds]}))
+        else:
+            print(f"{path}: " + ", ".join(f"{lab} ({p:.3f})" for lab, p in preds))
+    return 0
+
+
+def add_predict_command(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("predict", help="top-k labels for image files",
+                              description="Classify images with a model directory or Hub id (TransferModel or any "
+                                          "supported transformers checkpoint).")
+    p.add_argument("model", metavar="MODEL", help="Hub id or local directory")
+    p.add_argument("images", metavar="IMAGE", nargs="+")
+    p.add_argument("--top-k", type=_positive_int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(func=_cmd_predict)
+    return p
+
+
+COMMANDS: list[Callable] = [add_convert_command, add_init_command, add_predict_command, add_push_command]
 """Subcommand builders, in help order; a new subcommand appends its ``add_<name>_command`` here."""
 
 
@@ -140,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HubPushError as err:
         print(f"hf-transfer-cnn {args.command}: error: {err}", file=sys.stderr)
         return 1
-    except (ConversionError, UnknownArchError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (ConversionError, UnknownArchError, FileExistsError, FileNotFoundError, OSError, ValueError) as err:
         print(f"hf-transfer-cnn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -68,7 +68,7 @@ def _args(ckpt, data: Path, out: Path, *extra):
             "--eval_strategy", "steps", "--eval_steps", "6", "--logging_steps", "2", "--image_size", "48", *extra]
 
 
-def test_recipe_end_to_end_real_mobilenet(real_mobilenet_v2, color_folder, tmp_path):
+def test_recipe_end_to_end_real_mobilenet(real_mobilenet_v2, color_folder, tmp_path, capsys):
     out = tmp_path / "run"
     results = run_finetune(*parse_recipe_args(_args(real_mobilenet_v2, color_folder, out)))
     for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "all_results.json",
@@ -90,6 +90,21 @@ def test_recipe_end_to_end_real_mobilenet(real_mobilenet_v2, color_folder, tmp_p
     assert model.config.id2label == {0: "blue", 1: "green", 2: "red"}
     pix = model.image_processor(Image.new("RGB", (60, 60), COLORS["green"]), return_tensors="pt")["pixel_values"]
     assert model.config.id2label[int(model(pix).logits.argmax())] == "green"
+
+    # hf-transfer-cnn predict on the output directory
+    from hf_transfer_cnn.cli import main as cli
+
+    Image.new("RGB", (50, 50), COLORS["green"]).save(tmp_path / "green.png")
+    Image.new("L", (50, 50), 90).save(tmp_path / "gray.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    capsys.readouterr()  # drop the training logs
+    assert cli(["predict", str(out), str(tmp_path / "green.png"), str(tmp_path / "gray.png"), "--top-k", "2",
+                "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert lines[0]["predictions"][0]["label"] == "green" and len(lines[0]["predictions"]) == 2
+    assert sum(p["score"] for p in lines[1]["predictions"]) <= 1.0 + 1e-6
+    assert cli(["predict", str(out), str(tmp_path / "broken.png")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
 
 
 def test_recipe_torchrun_two_processes(real_mobilenet_v2, color_folder, tmp_path):
