@@ -10,7 +10,7 @@ one entry here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from torch import nn
@@ -57,8 +57,6 @@ class ArchSpec:
     """Smallest square input (pixels) the network is built for."""
     standardized_stem: bool = False
     """The first conv standardises its own weights (BiT), so channel changes cannot be folded into it."""
-    extra_trainable: tuple[str, ...] = field(default_factory=tuple)
-    """Modules outside stem/stages/neck/head that train with the head (e.g. auxiliary classifiers)."""
     stage_paths: tuple[tuple[str, ...], ...] = ()
     """Explicit stage map: one tuple of module paths per stage, in forward order. When given it is used instead of
     `stages`/`grouping`, for models whose stages are not one ModuleList (torchvision's AlexNet/GoogLeNet, timm)."""
