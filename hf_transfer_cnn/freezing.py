@@ -208,10 +208,10 @@ _MAX_SHAPES = 8
 class _FastSlot:
     """A frozen module's inference copies (one per input signature) and the weights version they were built from."""
 
-    __slots__ = ("options", "copies", "key")
+    __slots__ = ("options", "copies", "key", "no_graph")
 
     def __init__(self, options: FastOptions):
-        self.options, self.copies, self.key = options, {}, None
+        self.options, self.copies, self.key, self.no_graph = options, {}, None, False
 
     def __deepcopy__(self, memo):
         return _FastSlot(self.options)
@@ -220,7 +220,7 @@ class _FastSlot:
         return {"options": self.options}
 
     def __setstate__(self, state):
-        self.options, self.copies, self.key = state["options"], {}, None
+        self.options, self.copies, self.key, self.no_graph = state["options"], {}, None, False
 
     @property
     def copy(self):
@@ -235,15 +235,20 @@ def _fast_call(module: nn.Module, x: torch.Tensor):
     slot: _FastSlot = module.__dict__[_FAST]
     key = _version_key(module)
     if slot.key != key:  # the stored weights changed (load_state_dict, .to(), ...): rebuild
-        slot.copies, slot.key = {}, key
+        slot.copies, slot.key, slot.no_graph = {}, key, False
     autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
-    use_jit = slot.options.jit and not slot.options.compile and x.device.type == "cpu" and not autocast
+    use_jit = (slot.options.jit and not slot.options.compile and not slot.no_graph and x.device.type == "cpu"
+               and not autocast)
     sig = (tuple(x.shape[1:]), x.dtype, x.device, autocast) if use_jit else (x.dtype, x.device, autocast)
     fn = slot.copies.get(sig)
     if fn is None:
         if len(slot.copies) >= _MAX_SHAPES:
             slot.copies.clear()
-        fn = slot.copies[sig] = build_inference_copy(module, x, slot.options, use_jit=use_jit)
+        fn = build_inference_copy(module, x, slot.options, use_jit=use_jit)
+        if use_jit and not isinstance(fn, torch.jit.ScriptModule):  # it won't trace: stay eager for all sizes
+            slot.no_graph = True
+            sig = (x.dtype, x.device, autocast)
+        slot.copies[sig] = fn
     if slot.options.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return fn(x)
