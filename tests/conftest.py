@@ -14,7 +14,9 @@ import torch
 import transformers as T
 
 T.logging.disable_progress_bar()
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the models here are tiny, and on a busy 2-core machine OpenMP's second thread spins waiting
+# for a core (100x slower steps were measured). Multi-process tests (torchrun) use both cores.
+torch.set_num_threads(1)
 
 # One tiny config per transformers-native architecture (a few thousand parameters each).
 TINY_CONFIGS = {

@@ -31,15 +31,6 @@ from hf_transfer_cnn.modeling import IMAGENET_MEAN, IMAGENET_STD
 IMAGENET_CATEGORIES = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's second thread waits for a busy core (~100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def torchvision_model(arch: str, seed: int = 0, **kwargs) -> torch.nn.Module:
     """torchvision's `arch`, built as torchvision builds it for its published ImageNet weights, random weights."""
     torch.manual_seed(seed)

@@ -22,15 +22,6 @@ STAGES = {"lenet5": 2, "alexnet": 4, "vgg": 4, "googlenet": 3, "resnet": 4, "mob
           "timm_efficientnet": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's second thread waits for a busy core (~100x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _timm_checkpoint(arch: str, path) -> str:
     """A timm model built locally, saved as transformers' TimmWrapper checkpoint."""
     timm = pytest.importorskip("timm")
