@@ -28,7 +28,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .freezing import apply_freeze, resolve_trainable_stages, units_for
-from .optim import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer
+from .optim import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer, unwrap_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ class FreezeScheduler(TrainerCallback):
         self._model: nn.Module | None = None
         self._current: int | None = None
         self._multipliers: StageLrMultipliers | None = None
+        self._scheduler = None
+        self._offset = 0
 
     # -- library API (also used by plain Accelerate loops) -------------------------------------------------
 
@@ -140,7 +142,9 @@ class FreezeScheduler(TrainerCallback):
                 logger.warning("FreezeScheduler: unfreeze step(s) %s are at or after max_steps=%d and will never "
                                "happen; lower them or raise max_steps.", late, max_steps)
         if lr_scheduler is not None and self.lr_factor != 1.0:
-            scale_lr_schedule(lr_scheduler, self.lr_factor_at)
+            self._scheduler = unwrap_scheduler(lr_scheduler)
+            self._offset = global_step - getattr(self._scheduler, "last_epoch", global_step)
+            scale_lr_schedule(lr_scheduler, self._scheduled_factor)
         if self.stage_lr_decay is not None and self.stage_lr_decay != 1.0 and optimizer is not None:
             if self._multipliers is not None:
                 self._multipliers.remove()
@@ -185,6 +189,11 @@ class FreezeScheduler(TrainerCallback):
                 else:
                     out.append((s, n))
         return out
+
+    def _scheduled_factor(self, scheduler_step: int) -> float:
+        # The scheduler's own count lags the optimizer step when fp16 skips steps (Trainer then skips
+        # scheduler.step()); the factor follows the optimizer step, like the stages do.
+        return self.lr_factor_at(scheduler_step + self._offset)
 
     def lr_factor_at(self, step: int) -> float:
         first = self.first_unfreeze_step
@@ -259,6 +268,10 @@ class FreezeScheduler(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._apply(state.global_step)
+        sched = self._scheduler
+        if sched is not None and state.global_step - sched.last_epoch != self._offset:  # a skipped (fp16) step
+            self._offset = state.global_step - sched.last_epoch
+            scale_lr_schedule(sched, self._scheduled_factor)  # re-sync the lr of the next step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         """Annotate training logs with the phase of the optimizer step they describe."""
@@ -289,6 +302,13 @@ class FreezeScheduler(TrainerCallback):
         if getattr(args, "fsdp", None):
             raise ValueError("FreezeScheduler does not support FSDP: flattened parameters cannot be frozen per stage. "
                              "Use DDP (torchrun/accelerate launch) — CNNs fit on one device.")
+        if getattr(args, "ddp_static_graph", None):
+            raise ValueError("FreezeScheduler changes which parameters get gradients at its steps; DDP's static_graph "
+                             "assumes they never change. Leave ddp_static_graph unset.")
+        if getattr(args, "n_gpu", 1) > 1 and getattr(args, "parallel_mode", None) is not None and \
+                str(getattr(args.parallel_mode, "value", args.parallel_mode)) == "not_distributed":
+            raise ValueError("Several GPUs without a distributed launch means nn.DataParallel, which frozen stages do "
+                             "not support; launch with torchrun or accelerate launch (DDP), or use one GPU.")
         checkpointing = getattr(args, "gradient_checkpointing", False) or getattr(args, "activation_checkpointing", False)
         if getattr(args, "world_size", 1) > 1 and (args.ddp_find_unused_parameters is False or (
                 checkpointing and args.ddp_find_unused_parameters is None)):

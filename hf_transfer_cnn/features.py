@@ -35,9 +35,13 @@ def _backbone_tensors(model) -> list[tuple[str, torch.Tensor]]:
             if not n.startswith(head_prefixes)]
 
 
-def feature_cache_key(model, transform: Any, dataset) -> str:
+CACHE_FORMAT = 1  # bump when what is stored changes
+
+
+def feature_cache_key(model, transform: Any, dataset, columns: tuple[str, str] = ("image", "label")) -> str:
     """Hash of everything the cached features depend on."""
     h = hashlib.sha256()
+    h.update(repr((CACHE_FORMAT, columns)).encode())
     for name, t in _backbone_tensors(model):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -61,7 +65,7 @@ def cache_pooled_features(model, dataset, transform, *, image_column: str = "ima
     if getattr(transform, "train", False):
         raise ValueError("Feature caching needs a deterministic transform (augment=False / the eval transform); "
                          "random augmentation cannot be cached.")
-    key = feature_cache_key(model, transform, dataset)
+    key = feature_cache_key(model, transform, dataset, (image_column, label_column))
     directory = Path(cache_dir) if cache_dir else features_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{key}.arrow"

@@ -151,6 +151,16 @@ def build_freeze_plan(model_args: ModelArguments, total_steps: int):
                               stage_lr_decay=model_args.stage_lr_decay)
 
 
+def _with_stats(processor, transform_args, num_channels: int):
+    d = processor.to_dict()
+    d.pop("_processor_class", None)
+    for key in ("image_mean", "image_std"):
+        value = getattr(transform_args, key)
+        if value:
+            d[key] = list(value) * num_channels if len(value) == 1 else list(value)
+    return type(processor).from_dict(d)
+
+
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform_args: TransformArguments,
                  training_args) -> dict[str, Any]:
     """Train, evaluate and write the output directory; returns the results written to all_results.json."""
@@ -176,6 +186,8 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         revision=model_args.model_revision, token=model_args.token)
     train_tf, eval_tf = build_transforms(model.image_processor, model.num_input_channels,
                                          image_size=model_args.image_size, **transform_args.to_kwargs())
+    if transform_args.image_mean or transform_args.image_std:  # the saved processor must normalise like training
+        model.image_processor = _with_stats(model.image_processor, transform_args, model.num_input_channels)
     cols = dict(image_column=data_args.image_column_name, label_column=data_args.label_column_name)
     collator = collate_fn
     if model_args.cache_features:
@@ -188,8 +200,11 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         from .features import cache_pooled_features
 
         bs = training_args.per_device_eval_batch_size
-        train_ds = cache_pooled_features(model, train_raw, eval_tf, batch_size=bs, **cols)
-        eval_ds = cache_pooled_features(model, eval_raw, eval_tf, batch_size=bs, **cols) if eval_raw is not None else None
+        model.to(training_args.device)
+        with training_args.main_process_first(desc="backbone features"):  # one rank writes, the others read
+            train_ds = cache_pooled_features(model, train_raw, eval_tf, batch_size=bs, **cols)
+            eval_ds = cache_pooled_features(model, eval_raw, eval_tf, batch_size=bs, **cols) \
+                if eval_raw is not None else None
         collator = None
     else:
         train_ds = with_transforms(train_raw, train_tf, **cols)

@@ -211,7 +211,9 @@ def __getattr__(name: str) -> type:
     import transformers
 
     if name.startswith("Transfer") and name != "TransferModel":
-        native = getattr(transformers, name[len("Transfer"):], None)
+        from . import families
+
+        native = getattr(transformers, name[len("Transfer"):], None) or families.model_class(name[len("Transfer"):])
         if isinstance(native, type) and issubclass(native, PreTrainedModel):
             return transfer_class_for(native)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -264,6 +266,9 @@ class TransferModel(nn.Module):
     """
 
     _native_class: type | None = None
+    accepts_loss_kwargs = False
+    """Our loss is a per-batch mean: Trainer must scale it for gradient accumulation and DDP itself (without this,
+    a forward with ``**kwargs`` makes Trainer 5.x skip that scaling)."""
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -333,7 +338,7 @@ class TransferModel(nn.Module):
         meta = model._meta()
         meta.setdefault("base_model", str(pretrained_model_name_or_path))
         model.config.update({CONFIG_KEY: meta})
-        if num_labels is not None or (head_spec is not None and not head_spec.is_native):
+        if num_labels is not None or (head_spec is not None and head_spec != model.head_spec):
             model.set_head(num_labels or model.config.num_labels, id2label=id2label, head=head_spec)
         if num_channels is not None and num_channels != model.num_input_channels:
             model.set_num_channels(num_channels)
@@ -400,12 +405,14 @@ class TransferModel(nn.Module):
         return int(meta["channels_dim"]) * (2 if pooling == "concat" else 1)
 
     def _probe_channels(self) -> int:
-        size = self.arch.min_image_size
+        size = max(self.arch.min_image_size, int(self._meta().get("image_size") or 0),
+                   int(getattr(self.config, "image_size", 0) or 0) if self.config.model_type == "lenet5" else 0)
         p = next(self.parameters())
         was_training = self.training
         self.eval()
         with torch.no_grad():
-            x = torch.zeros(1, self.num_input_channels, size, size, dtype=p.dtype, device=p.device)
+            g = torch.Generator(device="cpu").manual_seed(0)
+            x = torch.randn(3, self.num_input_channels, size, size, generator=g).to(device=p.device, dtype=p.dtype)
             channels = self.forward_features(x).shape[1]
         self.train(was_training)
         return int(channels)
@@ -416,13 +423,18 @@ class TransferModel(nn.Module):
     def set_head(self, num_labels: int, id2label: dict | None = None, head: HeadSpec | dict | None = None) -> None:
         """Replace the classifier with a freshly initialised one for `num_labels` classes.
 
-        With no `head` (or a plain `HeadSpec()`), the native classifier layout is kept (plain transformers
-        can load the result); for MLP classifiers (AlexNet, VGG) only the last Linear is replaced. A
-        `HeadSpec` replaces the whole classifier.
+        `head=None` keeps the current layout (native, or the custom head the model already has). A plain
+        `HeadSpec()` / ``{}`` means the native layout (plain transformers can load the result); for MLP classifiers
+        (AlexNet, VGG) that replaces only the last Linear. Any other `HeadSpec` replaces the whole classifier.
         """
         num_labels, id2label, label2id = _normalise_labels(num_labels, id2label, None)
-        spec = HeadSpec.parse(head) or HeadSpec()
+        spec = HeadSpec.parse(head) if head is not None else self.head_spec  # None: keep the current layout
         arch = self.arch
+        if spec.is_native and isinstance(get_module(self, arch.head), ClassificationHead) and arch.head_style == "mlp":
+            raise ValueError(
+                f"This {self.config.model_type} model has a custom head; its original classifier MLP cannot be rebuilt. "
+                "Pass head=... to replace the custom head, or load the base checkpoint again for the native one."
+            )
         ref = next(self.parameters())
         if spec.is_native:
             in_features = self._feature_dim()
@@ -440,6 +452,7 @@ class TransferModel(nn.Module):
         self.config.num_labels = num_labels
         self.config.id2label = id2label
         self.config.label2id = label2id
+        self.config.problem_type = None  # re-inferred from the new labels (a stale one would pick the wrong loss)
         self.num_labels = num_labels
         self._set_meta(head=None if spec.is_native else spec.to_dict())
 
@@ -455,7 +468,7 @@ class TransferModel(nn.Module):
                 self.__dict__.get("_modules", {}).pop("input_adapter", None)
                 self._set_meta(input_channels=None)
             else:
-                adapter = nn.Conv2d(num_channels, backbone_channels, 1, bias=False).to(ref.device)
+                adapter = nn.Conv2d(num_channels, backbone_channels, 1, bias=False).to(device=ref.device, dtype=ref.dtype)
                 with torch.no_grad():
                     adapter.weight.copy_(_adapter_weight(num_channels, backbone_channels, ref.dtype, ref.device))
                 self.input_adapter = adapter

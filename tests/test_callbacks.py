@@ -347,3 +347,23 @@ def test_fsdp_and_deepspeed_refused():
     Args.deepspeed, Args.world_size, Args.ddp_find_unused_parameters = None, 2, False
     with pytest.raises(ValueError, match="find_unused_parameters"):
         FreezeScheduler._check_args(Args)
+
+
+def test_lr_factor_follows_optimizer_steps_when_the_scheduler_skips_one(tiny_checkpoints):
+    """fp16's grad scaler can skip an optimizer step; Trainer then skips scheduler.step() too. The factor must
+    still switch at the optimizer step of the unfreeze."""
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    fs = FreezeScheduler(unfreeze_at_step=3, num_stages=1, lr_factor=0.1)
+    fs.prepare_model(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    sched = T.get_scheduler("constant", opt, num_warmup_steps=0, num_training_steps=10)
+    fs.attach(opt, sched, max_steps=10)
+    state = T.TrainerState()
+    lrs = {0: opt.param_groups[0]["lr"]}
+    for gs in range(1, 6):
+        if gs != 2:  # the update that became global step 2 was skipped by the scaler: no scheduler.step()
+            sched.step()
+        state.global_step = gs
+        fs.on_step_end(None, state, None)
+        lrs[gs] = opt.param_groups[0]["lr"]  # the lr the next update (global step gs) will use
+    assert lrs == pytest.approx({0: 1.0, 1: 1.0, 2: 1.0, 3: 0.1, 4: 0.1, 5: 0.1})

@@ -315,3 +315,48 @@ def test_processor_follows_image_size_for_every_family(tiny_checkpoints, model_t
     model = TransferModel.from_pretrained(tiny_checkpoints[model_type], num_labels=2, image_size=56)
     pv = model.image_processor(Image.new("RGB", (90, 70), (10, 200, 30)), return_tensors="pt")["pixel_values"]
     assert tuple(pv.shape[-2:]) == (56, 56)
+
+
+# --- regressions found in review ----------------------------------------------------------------------
+
+def test_gradient_accumulation_scales_the_loss(tiny_checkpoints, tmp_path):
+    """bs 4 x 1 and bs 2 x accumulation 2 take the same SGD step (the loss is averaged, not summed)."""
+    path = tiny_checkpoints["resnet"]
+    heads = []
+    for bs, gas in ((4, 1), (2, 2)):
+        torch.manual_seed(0)
+        model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=0)  # BN frozen: per-sample math
+        args = T.TrainingArguments(output_dir=str(tmp_path / f"g{gas}"), max_steps=1, per_device_train_batch_size=bs,
+                                   gradient_accumulation_steps=gas, learning_rate=0.5, optim="sgd", weight_decay=0.0,
+                                   max_grad_norm=0.0, lr_scheduler_type="constant", use_cpu=True, report_to=[],
+                                   save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0, data_seed=0)
+        T.Trainer(model=model, args=args, train_dataset=_Tiny(n=4)).train()
+        heads.append(model.classifier[1].weight.detach().clone())
+    torch.testing.assert_close(heads[0], heads[1], rtol=1e-5, atol=1e-6)
+
+
+def test_new_head_resets_problem_type(tiny_checkpoints, tmp_path):
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3)
+    model.config.problem_type = "single_label_classification"
+    model.save_pretrained(tmp_path / "m")
+    reg = TransferModel.from_pretrained(tmp_path / "m", num_labels=1, trainable_stages="all")
+    out = reg.train()(torch.randn(4, 3, 40, 40), labels=torch.tensor([0.5, 1.0, -1.0, 2.0]))
+    assert reg.config.problem_type == "regression" and out.loss.item() > 0
+
+
+def test_new_labels_keep_a_saved_custom_head(tiny_checkpoints, tmp_path):
+    head = {"hidden_sizes": [12], "pooling": "concat"}
+    TransferModel.from_pretrained(tiny_checkpoints["mobilenet_v2"], num_labels=3, head=head).save_pretrained(tmp_path / "c")
+    again = TransferModel.from_pretrained(tmp_path / "c", num_labels=5)
+    assert again.head_spec == HeadSpec(hidden_sizes=(12,), pooling="concat")
+    assert again.classifier.out.out_features == 5
+    native = TransferModel.from_pretrained(tmp_path / "c", num_labels=5, head={})
+    assert isinstance(native.classifier, torch.nn.Linear)
+
+
+def test_input_gradients_flow_through_frozen_stages(tiny_checkpoints):
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3).eval()
+    x = torch.randn(2, 3, 40, 40, requires_grad=True)
+    model(x).logits.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.resnet.parameters())

@@ -290,15 +290,20 @@ def test_googlenet_aux_classifiers(family_dirs, tmp_path):
     assert torch.allclose(out.loss, F.cross_entropy(out.logits, torch.tensor([0, 2])))  # no aux loss
 
 
-def test_googlenet_input_transform_is_rgb_only(family_dirs):
-    """The transform maps ImageNet-normalised RGB to (x - 0.5) / 0.5 scaling; a gray model feeds input unchanged."""
-    rgb = TransferModel.from_pretrained(family_dirs["googlenet"])
+def test_googlenet_input_transform_rgb_and_gray(family_dirs):
+    """RGB: ImageNet-normalised input is mapped to (x - 0.5) / 0.5; gray (normalised with the RGB-averaged statistics
+    the adapted processor uses) is mapped to the same scaling, so gray == gray replicated to RGB."""
+    rgb = TransferModel.from_pretrained(family_dirs["googlenet"]).eval()
     pixels = torch.rand(1, 3, 8, 8)
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     assert torch.allclose(rgb.input_transform((pixels - mean) / std), (pixels - 0.5) / 0.5, atol=1e-6)
-    gray = TransferModel.from_pretrained(family_dirs["googlenet"], num_channels=1)
-    g = torch.randn(1, 1, 8, 8)
-    assert torch.equal(gray.input_transform(g), g)
+    gray = TransferModel.from_pretrained(family_dirs["googlenet"], num_channels=1).eval()
+    p = torch.rand(2, 1, 64, 64)
+    m, s = gray.image_processor.image_mean[0], gray.image_processor.image_std[0]
+    assert torch.allclose(gray.input_transform((p - m) / s), (p - 0.5) / 0.5, atol=1e-5)
+    # the whole model: a gray image == that image replicated to RGB, each through its own processor statistics
+    rgb_in = (p.expand(-1, 3, -1, -1) - mean) / std
+    torch.testing.assert_close(gray((p - m) / s).logits, rgb(rgb_in).logits, rtol=1e-4, atol=1e-4)
 
 
 # --- timm ---------------------------------------------------------------------------------------------------------------

@@ -117,3 +117,14 @@ def test_fold_refuses_when_output_would_change():
     x = torch.randn(2, 3, 8, 8)
     fast = build_inference_copy(m, x)
     torch.testing.assert_close(fast(x), m(x))
+
+
+def test_pickle_package_family(tmp_path):
+    from hf_transfer_cnn.families import init_checkpoint
+
+    init_checkpoint("lenet5", tmp_path / "lenet", num_labels=4, num_channels=1, image_size=28, seed=0)
+    model = TransferModel.from_pretrained(tmp_path / "lenet", num_labels=3).eval()
+    x = torch.randn(2, 1, 28, 28)
+    again = pickle.loads(pickle.dumps(model))
+    assert type(again).__name__ == "TransferLeNet5ForImageClassification"
+    torch.testing.assert_close(again(x).logits, model(x).logits)

@@ -13,8 +13,14 @@ from .lenet import LeNet5Config, LeNet5ForImageClassification, LeNet5Model
 from .torchvision_backed import (AlexNetConfig, AlexNetForImageClassification, GoogLeNetConfig,
                                  GoogLeNetForImageClassification, VGGConfig, VGGForImageClassification)
 
-__all__ = ["convert_torchvision", "init_checkpoint", "load_torchvision_state_dict", "ConversionError",
+__all__ = ["model_class", "convert_torchvision", "init_checkpoint", "load_torchvision_state_dict", "ConversionError",
            "UnknownArchError", "CONVERTIBLE_ARCHS", "INIT_ARCHS",
            "LeNet5Config", "LeNet5Model", "LeNet5ForImageClassification", "AlexNetConfig",
            "AlexNetForImageClassification", "VGGConfig", "VGGForImageClassification", "GoogLeNetConfig",
            "GoogLeNetForImageClassification"]
+
+
+def model_class(name: str):
+    """A model class defined by this package's families, by class name (None if there is none)."""
+    obj = globals().get(name)
+    return obj if isinstance(obj, type) else None

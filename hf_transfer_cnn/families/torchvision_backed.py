@@ -216,6 +216,10 @@ class GoogLeNetConfig(PreTrainedConfig):
         _auto_map(self, "GoogLeNetForImageClassification")
 
 
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's GoogLeNet input transform undoes
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class GoogLeNetInputTransform(nn.Module):
     """torchvision's GoogLeNet ``transform_input`` as a module: ImageNet-normalised RGB -> ``(x - 0.5) / 0.5``.
 
@@ -232,9 +236,17 @@ class GoogLeNetInputTransform(nn.Module):
         return self.enabled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled or x.shape[1] != 3:
+        if not self.enabled:
             return x
-        return torchvision.models.GoogLeNet._transform_input(self, x)
+        if x.shape[1] == 3:
+            return torchvision.models.GoogLeNet._transform_input(self, x)
+        if x.shape[1] > 3:  # RGB first, extra channels (zero-initialised kernels) untouched
+            return torch.cat([torchvision.models.GoogLeNet._transform_input(self, x[:, :3]), x[:, 3:]], dim=1)
+        # grayscale, normalised with the RGB-averaged ImageNet statistics: map it to the (x - 0.5) / 0.5 scaling
+        # the pretrained kernels (summed over RGB) expect; extra channels untouched
+        mean, std = sum(_IMAGENET_MEAN) / 3, sum(_IMAGENET_STD) / 3
+        gray = x[:, :1] * (std / 0.5) + (mean - 0.5) / 0.5
+        return torch.cat([gray, x[:, 1:]], dim=1)
 
     def extra_repr(self) -> str:
         return f"enabled={self.enabled}"
