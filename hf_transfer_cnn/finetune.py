@@ -55,6 +55,9 @@ class ModelArguments:
     head_pooling: Literal["avg", "max", "concat"] = field(default="avg", metadata={"help": "Pooling before the head."})
     cache_features: bool = field(default=False, metadata={
         "help": "feature_extraction: compute backbone features once and train the head on them (needs augment=False)."})
+    expected_label_names: str | None = field(default=None, metadata={
+        "help": "Comma-separated class names the data must have, in id order (e.g. to continue training a fine-tuned "
+                "model); a dataset with a different class count is an error."})
     evaluate_before_training: bool = field(default=True, metadata={
         "help": "Evaluate once before training (the 'before' column of the results)."})
     model_revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
@@ -177,7 +180,8 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the finished folder ourselves
     set_seed(training_args.seed)
 
-    train_raw, eval_raw, id2label = load_image_classification_data(data_args)
+    expected = {i: n.strip() for i, n in enumerate(model_args.expected_label_names.split(","))} if model_args.expected_label_names else None
+    train_raw, eval_raw, id2label = load_image_classification_data(data_args, expected_labels=expected)
     total = _total_steps(training_args, len(train_raw))
     initial, scheduler = build_freeze_plan(model_args, total)
     model = TransferModel.from_pretrained(

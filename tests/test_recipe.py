@@ -166,6 +166,9 @@ def test_recipe_bad_inputs(tiny_checkpoints, color_folder, tmp_path):
     empty.mkdir()
     with pytest.raises((ValueError, FileNotFoundError), match="(?i)empty|no (image|data)"):
         run_finetune(*parse_recipe_args(base + ["--train_dir", str(empty)]))
+    with pytest.raises(ValueError, match="(?i)4 .*3|3 .*4|class"):
+        run_finetune(*parse_recipe_args(base + ["--train_dir", str(color_folder / "train"),
+                                                "--expected_label_names", "blue,green,red,yellow"]))
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text(yaml.safe_dump({"model_name_or_path": "x", "lerning_rate": 0.1}))
     with pytest.raises(ValueError, match="lerning_rate"):
