@@ -362,6 +362,7 @@ def test_lr_factor_follows_optimizer_steps_when_the_scheduler_skips_one(tiny_che
     lrs = {0: opt.param_groups[0]["lr"]}
     for gs in range(1, 6):
         if gs != 2:  # the update that became global step 2 was skipped by the scaler: no scheduler.step()
+            opt.step()  # (no gradients: a no-op, keeps torch's step-order check quiet)
             sched.step()
         state.global_step = gs
         fs.on_step_end(None, state, None)
