@@ -154,6 +154,16 @@ def build_freeze_plan(model_args: ModelArguments, total_steps: int):
                               stage_lr_decay=model_args.stage_lr_decay)
 
 
+def _dataset_title(data_args) -> str | None:
+    """A readable dataset name: the Hub id, else the data folder (`data/train` -> `data`)."""
+    if data_args.dataset_name:
+        return data_args.dataset_name
+    if data_args.train_dir:
+        path = Path(data_args.train_dir).resolve()
+        return path.parent.name if path.name.lower() in ("train", "training") else path.name
+    return None
+
+
 def _with_stats(processor, transform_args, num_channels: int):
     d = processor.to_dict()
     d.pop("_processor_class", None)
@@ -264,9 +274,10 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         stage_lr_decay=model_args.stage_lr_decay, num_train_epochs=training_args.num_train_epochs
         if training_args.max_steps <= 0 else None, train_steps=trainer.state.global_step,
         batch_size=training_args.per_device_train_batch_size * max(training_args.world_size, 1),
-        dataset_id=data_args.dataset_name, dataset_dir=data_args.train_dir,
+        dataset_id=data_args.dataset_name, dataset_dir=data_args.train_dir, dataset_name=_dataset_title(data_args),
         num_train_images=len(train_raw), num_eval_images=results["num_eval_images"],
-        metrics={k: v for k, v in results.items() if k.startswith("eval_") and isinstance(v, (int, float))},
+        metrics={k: results[k] for k in ("eval_accuracy", "eval_top5_accuracy", "eval_macro_f1", "eval_loss")
+                 if k in results},
         per_class_accuracy=per_class, per_class_support=support,
         plots=[Path(p).name for p in plots], repo_id=training_args.hub_model_id)
     write_model_card(report, out)
