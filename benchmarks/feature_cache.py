@@ -50,7 +50,10 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workdir", default="/tmp/hf_transfer_cnn_bench")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from throughput import make_checkpoint
 
     ckpt = make_checkpoint(Path(args.workdir) / "mobilenet_v2_full")

@@ -84,7 +84,10 @@ def main(argv=None):
     ap.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (both sides)")
     ap.add_argument("--channels-last", action="store_true", help="baselines also in channels_last")
     ap.add_argument("--workdir", default="/tmp/hf_transfer_cnn_bench")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     dev = torch.device(args.device)
     ckpt = make_checkpoint(Path(args.workdir) / "mobilenet_v2_full")

@@ -32,7 +32,7 @@ from torch import nn
 
 from .registry import ArchSpec, StageUnit, get_arch, stage_units
 
-__all__ = ["FreezeState", "FastOptions", "build_inference_copy", "fold_conv_bn", "resolve_trainable_stages", "apply_freeze", "freeze_model", "is_frozen", "units_for"]
+__all__ = ["FreezeState", "FastOptions", "build_inference_copy", "fold_conv_bn", "run_frozen_prefix", "resolve_trainable_stages", "apply_freeze", "freeze_model", "is_frozen", "units_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +256,50 @@ def _fast_call(module: nn.Module, x: torch.Tensor):
     return fn(x)
 
 
+_PREFIX = "_hf_transfer_prefix"
+
+
+class _PrefixCache:
+    """The whole-prefix inference graph and its key; not copied or pickled (rebuilt on first use)."""
+
+    __slots__ = ("key", "graph")
+
+    def __init__(self):
+        self.key, self.graph = None, None
+
+    def __deepcopy__(self, memo):
+        return _PrefixCache()
+
+    def __reduce__(self):
+        return (_PrefixCache, ())
+
+
+def run_frozen_prefix(owner: nn.Module, modules: list[nn.Module], x: torch.Tensor):
+    """Run the frozen modules `modules` (in order) as ONE inference graph; None when that does not apply.
+
+    Applies on CPU, outside autocast, for inputs that need no gradient, when every module is frozen with the
+    TorchScript option on: one graph for the whole prefix avoids a layout conversion and a Python call per
+    module. The graph is cached on `owner` and rebuilt when the modules, their weights or the input size change.
+    """
+    if not modules or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.requires_grad:
+        return None
+    slots = [m.__dict__.get(_FAST) for m in modules]
+    if any(s is None or not s.options.jit or s.options.compile or not s.options.channels_last or s.no_graph
+           for s in slots):
+        return None
+    key = (tuple(id(m) for m in modules), tuple(_version_key(m) for m in modules), tuple(x.shape[1:]), x.dtype)
+    cache = owner.__dict__.setdefault(_PREFIX, _PrefixCache())
+    if cache.key != key:
+        graph = build_inference_copy(nn.Sequential(*modules), x, slots[0].options, use_jit=True)
+        cache.key = key
+        cache.graph = graph if isinstance(graph, torch.jit.ScriptModule) else None  # else: per-module copies
+    graph = cache.graph
+    if graph is None:
+        return None
+    with torch.no_grad():
+        return graph(x.contiguous(memory_format=torch.channels_last))
+
+
 def _plain_copy(module: nn.Module) -> nn.Module:
     clone = copy.deepcopy(module)
     for m in clone.modules():
@@ -315,7 +359,8 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
     probe = x[:2]  # per-sample ops: a couple of samples are enough to build and check the copy
     check = x[:3] if len(x) >= 3 else x
     with torch.no_grad():
-        reference = type(module).forward(module, probe)
+        clone = _plain_copy(module)  # a copy without frozen-module hooks: the plain computation
+        reference = clone(probe)
         clone = _plain_copy(module)
         if options.fold_bn:
             folded = 0
@@ -337,7 +382,7 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
         if use_jit:
             graph = _freeze_graph(clone, probe)
             # checked at a batch size other than the traced one: the graph must not have baked it in
-            if graph is not None and _close(graph(check), type(module).forward(module, check)):
+            if graph is not None and _close(graph(check), _plain_copy(module)(check)):
                 return graph
     return clone
 

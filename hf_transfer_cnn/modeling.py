@@ -19,7 +19,7 @@ from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .freezing import FastOptions, FreezeState, apply_freeze
+from .freezing import FastOptions, FreezeState, apply_freeze, run_frozen_prefix
 from .registry import ArchSpec, StageUnit, get_arch, get_module, resolve_arch, set_module, stage_units
 
 logger = logging.getLogger(__name__)
@@ -560,21 +560,37 @@ class TransferModel(nn.Module):
                          start: int = 0) -> Any:
         """Run stage units ``start..end`` (and the neck); returns the final feature map.
 
-        `start` > 0 feeds `pixel_values` as the output of unit ``start - 1`` (used for cached features).
+        `start` > 0 feeds `pixel_values` as the output of unit ``start - 1``. Without hidden states, the frozen
+        prefix runs as one inference graph where possible (`freezing.run_frozen_prefix`).
         """
         hidden = []
         x = pixel_values
         units = self.stage_units()
         arch = self.arch
         tail = len(arch.neck) + len(arch.post_pool)
+        neck_done = False
+        if start == 0 and not output_hidden_states:
+            state = self.freeze_state
+            n_frozen = len(units) - state.trainable_stages if state is not None else 0
+            if n_frozen:
+                mods = [m for u in units[:n_frozen] for m in u.modules]
+                if n_frozen == len(units):  # everything frozen: the neck too (post-pool modules run after pooling)
+                    mods = mods[: len(mods) - len(arch.post_pool)] if arch.post_pool else mods
+                    neck_done = True
+                out = run_frozen_prefix(self, mods, x)
+                if out is not None:
+                    x, start = out, n_frozen
+                else:
+                    neck_done = False
         for unit in units[start:]:
             mods = unit.modules[: len(unit.modules) - tail] if unit is units[-1] and tail else unit.modules
             for m in mods:
                 x = m(x)
             if output_hidden_states:
                 hidden.append(x)
-        for path in arch.neck:
-            x = get_module(self, path)(x)
+        if not neck_done:
+            for path in arch.neck:
+                x = get_module(self, path)(x)
         return (x, tuple(hidden)) if output_hidden_states else x
 
     def _pool(self, x: torch.Tensor, spec: HeadSpec) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from conftest import NATIVE_TYPES
 from hf_transfer_cnn import FastOptions, TransferModel
-from hf_transfer_cnn.freezing import _FAST, build_inference_copy
+from hf_transfer_cnn.freezing import _FAST, _PREFIX, build_inference_copy
 
 BN_TYPES = ["resnet", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2"]
 
@@ -43,12 +43,14 @@ def test_fast_frozen_path_matches_plain(tiny_checkpoints, model_type):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(c, b, rtol=1e-4, atol=1e-5)
     assert not _slots(plain)
-    jitted = [s.copy for s in _slots(fast)]
-    assert jitted
+    assert _slots(fast)
+    prefix = fast.__dict__.get(_PREFIX)
+    graphs = [s.copy for s in _slots(fast)] + ([prefix.graph] if prefix else [])
     # Modules whose forward turns tensor shapes into Python numbers (BiT's dynamic padding, MobileNet's TF padding)
-    # trace with warnings and stay eager copies, by design; the others become frozen inference graphs.
+    # trace with warnings and stay eager copies, by design; the others run as frozen inference graphs (one for the
+    # whole frozen prefix where it reproduces the modules, else one per module).
     if model_type in ("resnet", "regnet", "convnext", "convnextv2", "efficientnet"):
-        assert any(isinstance(c, torch.jit.ScriptModule) for c in jitted), "no frozen inference graph on CPU"
+        assert any(isinstance(c, torch.jit.ScriptModule) for c in graphs), "no frozen inference graph on CPU"
     slots = _slots(eager)
     assert slots and all(s.copy is not None and not isinstance(s.copy, torch.jit.ScriptModule) for s in slots)
     if model_type in BN_TYPES:
@@ -58,6 +60,27 @@ def test_fast_frozen_path_matches_plain(tiny_checkpoints, model_type):
         assert original > 0 and remaining < original / 2, (remaining, original)
     for m, before in zip(frozen, state0):  # frozen parameters and stats are never touched
         assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_whole_prefix_graph_follows_freeze_and_weights(tiny_checkpoints):
+    """TransferModel runs its frozen prefix as one graph; a new freeze boundary or new weights rebuild it."""
+    model = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2).eval()
+    reference = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2)
+    reference.load_state_dict(model.state_dict())
+    reference.freeze(2, fast=FastOptions(enabled=False))
+    reference.eval()
+    x = torch.randn(4, 3, 40, 40)
+    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+    key, graph = model.__dict__[_PREFIX].key, model.__dict__[_PREFIX].graph
+    assert isinstance(graph, torch.jit.ScriptModule) and len(key[0]) == sum(len(u.modules) for u in model.stage_units()[:-2])
+    for m in (model, reference):
+        m.freeze(0)
+    reference.freeze(0, fast=FastOptions(enabled=False))
+    with torch.no_grad():
+        for m in (model, reference):
+            m.efficientnet.embeddings.convolution.weight.mul_(1.5)
+    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+    assert model.__dict__[_PREFIX].key != key
 
 
 def test_unfreeze_drops_copies_and_refreeze_rebuilds(tiny_checkpoints):
