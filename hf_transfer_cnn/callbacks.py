@@ -45,7 +45,8 @@ class FreezeScheduler(TrainerCallback):
         num_stages: how many top stages to unfreeze (an int or ``"all"``).
         schedule: multi-phase form ``[(step, stages), ...]``, e.g. ``[(0, 0), (500, 2), (1500, "all")]``.
         unfreeze_at_epoch: like `unfreeze_at_step`, in epochs (converted to a step at train begin).
-        lr_factor: from the first unfreeze on, every learning rate is ``lr_factor`` × the scheduler's value.
+        lr_factor: from the first step at which a backbone stage trains, every learning rate is ``lr_factor`` × the
+            scheduler's value.
         stage_lr_decay: discriminative LR: the top trainable stage gets ``stage_lr_decay`` × the head's LR,
             and each lower trainable stage ``stage_lr_decay`` × the one above.
     """
@@ -80,7 +81,7 @@ class FreezeScheduler(TrainerCallback):
                 raise ValueError(f"unfreeze_at_epoch={unfreeze_at_epoch} must be >= 0.")
             raw = [(0, 0), (None, num_stages)]
         elif unfreeze_at_step is not None:
-            raw = [(0, 0), (unfreeze_at_step, num_stages)]
+            raw = [(0, 0), (unfreeze_at_step, num_stages)] if unfreeze_at_step != 0 else [(0, num_stages)]
         else:
             raw = list(schedule)
             if not raw or raw[0][0] != 0:
@@ -176,8 +177,8 @@ class FreezeScheduler(TrainerCallback):
 
     @property
     def first_unfreeze_step(self) -> int | None:
-        base = self.stages[0] if self.stages else 0
-        return next((s for s, n in zip(self.steps, self.stages) if n > base), None)
+        """The first optimizer step at which any backbone stage trains (the lr factor applies from there on)."""
+        return next((s for s, n in zip(self.steps, self.stages) if n > 0), None)
 
     def phases_until(self, step: int) -> list[tuple[int, int]]:
         """(first optimizer step, trainable stage count) of each phase that started before `step`."""

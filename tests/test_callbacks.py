@@ -368,3 +368,12 @@ def test_lr_factor_follows_optimizer_steps_when_the_scheduler_skips_one(tiny_che
         fs.on_step_end(None, state, None)
         lrs[gs] = opt.param_groups[0]["lr"]  # the lr the next update (global step gs) will use
     assert lrs == pytest.approx({0: 1.0, 1: 1.0, 2: 1.0, 3: 0.1, 4: 0.1, 5: 0.1})
+
+
+def test_unfreeze_at_step_zero_trains_from_the_start(tiny_checkpoints, tmp_path):
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    rec = Recorder(model)
+    T.Trainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=Data(),
+              callbacks=[FreezeScheduler(unfreeze_at_step=0, num_stages=1, lr_factor=0.5), rec]).train()
+    assert first_change(rec, rec.units[-1].name) == 1
+    assert rec.lr_used[0] == [pytest.approx(0.025)] * len(rec.lr_used[0])
