@@ -297,7 +297,9 @@ def run_frozen_prefix(owner: nn.Module, modules: list[nn.Module], x: torch.Tenso
     if graph is None:
         return None
     with torch.no_grad():
-        return graph(x.contiguous(memory_format=torch.channels_last))
+        out = graph(x.contiguous(memory_format=torch.channels_last))
+    # the trainable stages that follow run faster on channels_last input (the graph hands back NCHW)
+    return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
 
 
 def _plain_copy(module: nn.Module) -> nn.Module:
