@@ -24,7 +24,8 @@ from .registry import ArchSpec, StageUnit, get_arch, get_module, resolve_arch, s
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TransferModel", "HeadSpec", "ClassificationHead", "adapt_conv_weight", "adapt_image_processor"]
+__all__ = ["TransferModel", "HeadSpec", "ClassificationHead", "adapt_conv_weight", "adapt_image_processor",
+           "fix_tf_bn_momentum"]
 
 CONFIG_KEY = "hf_transfer_cnn"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -132,6 +133,23 @@ def _adapter_weight(in_channels: int, out_channels: int, dtype, device) -> torch
     """A 1×1 conv realising `adapt_conv_weight`'s rule in front of a conv whose weights can't absorb it."""
     eye = torch.eye(out_channels, dtype=dtype, device=device)[:, :, None, None]
     return adapt_conv_weight(eye, in_channels)
+
+
+def fix_tf_bn_momentum(model: nn.Module) -> int:
+    """Convert BatchNorm momentum written in TensorFlow's convention to PyTorch's; returns how many were changed.
+
+    transformers' MobileNet/EfficientNet ports build BatchNorm with momentum 0.997 / 0.99 — TensorFlow's *decay*.
+    PyTorch's momentum is the weight of the new batch, so there the running statistics would follow the last batch
+    whenever such a layer trains. 1 - momentum is the average the checkpoint's authors meant.
+    """
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum > 0.5:
+            m.momentum = round(1.0 - m.momentum, 6)
+            changed += 1
+    if changed:
+        logger.info("BatchNorm momentum of %d layers converted from TensorFlow's convention (x -> 1 - x).", changed)
+    return changed
 
 
 def _channel_stats(values: list[float], num_channels: int) -> list[float]:
@@ -334,6 +352,7 @@ class TransferModel(nn.Module):
                 "Hub id, or build one with `hf-transfer-cnn init/convert`."
             ) from err
 
+        fix_tf_bn_momentum(model)
         model.image_processor = model._load_processor(pretrained_model_name_or_path, hub_kwargs)
         meta = model._meta()
         meta.setdefault("base_model", str(pretrained_model_name_or_path))

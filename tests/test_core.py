@@ -360,3 +360,22 @@ def test_input_gradients_flow_through_frozen_stages(tiny_checkpoints):
     model(x).logits.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.resnet.parameters())
+
+
+def test_tensorflow_style_bn_momentum_is_converted(tiny_checkpoints):
+    """transformers' MobileNetV2 uses momentum=0.997 (TF decay); in PyTorch that would replace the running stats with
+    each training batch's. TransferModel converts it to 0.003, so a training step moves them by 0.3% of the gap."""
+    native = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["mobilenet_v2"])
+    assert {m.momentum for m in native.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.997}
+    model = TransferModel.from_pretrained(tiny_checkpoints["mobilenet_v2"], num_labels=2, trainable_stages="all")
+    bn = model.mobilenet_v2.conv_1x1.normalization
+    assert bn.momentum == pytest.approx(0.003)
+    before = bn.running_mean.clone()
+    feats = {}
+    hook = model.mobilenet_v2.conv_1x1.convolution.register_forward_hook(lambda m, i, o: feats.setdefault("x", o))
+    model.train()(torch.randn(4, 3, 40, 40))
+    hook.remove()
+    batch_mean = feats["x"].detach().mean((0, 2, 3))
+    torch.testing.assert_close(bn.running_mean, 0.997 * before + 0.003 * batch_mean, rtol=1e-4, atol=1e-6)
+    resnet = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=2)
+    assert {m.momentum for m in resnet.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
