@@ -57,16 +57,13 @@ def epochs(model, ds, batch, workdir, collator, n):
 
 
 def main(argv=None):
+    from throughput import make_checkpoint, parse_args
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workdir", default="/tmp/hf_transfer_cnn_bench")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from throughput import make_checkpoint
+    args = parse_args(ap, argv)
 
     ckpt = make_checkpoint(Path(args.workdir) / "mobilenet_v2_full")
     root = Path(tempfile.mkdtemp(prefix="featbench"))

@@ -69,17 +69,14 @@ def run(ckpt, steps, batch, size, with_callback, workdir):
 
 
 def main(argv=None):
+    from throughput import make_checkpoint, parse_args
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workdir", default="/tmp/hf_transfer_cnn_bench")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from throughput import make_checkpoint
+    args = parse_args(ap, argv)
 
     ckpt = make_checkpoint(Path(args.workdir) / "mobilenet_v2_full")
 

@@ -38,6 +38,16 @@ def make_checkpoint(path: Path) -> str:
     return str(path)
 
 
+def parse_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Add the options every benchmark shares (--workdir, --threads), parse, apply --threads."""
+    ap.add_argument("--workdir", default="/tmp/hf_transfer_cnn_bench")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def timed(step, batches: int, repeats: int, warmup: int = 3) -> float:
     """Median seconds per call over `repeats` rounds of `batches` calls."""
     for _ in range(warmup):
@@ -83,11 +93,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (both sides)")
     ap.add_argument("--channels-last", action="store_true", help="baselines also in channels_last")
-    ap.add_argument("--workdir", default="/tmp/hf_transfer_cnn_bench")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(ap, argv)
 
     dev = torch.device(args.device)
     ckpt = make_checkpoint(Path(args.workdir) / "mobilenet_v2_full")
