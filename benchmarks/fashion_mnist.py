@@ -253,6 +253,8 @@ class Bench:
         return build_transforms(proc, model.num_input_channels, augment=augment, crop_scale=CROP_SCALE)
 
     def epochs(self, strategy, size):
+        if size == "full" and self.args.full_epochs is not None:
+            return self.args.full_epochs
         if self.args.epochs is not None and size != "full":
             return self.args.epochs[self.args.per_class.index(size)] if len(self.args.epochs) > 1 else self.args.epochs[0]
         return RECIPES[strategy]["epochs"].get(size) or _interp_epochs(RECIPES[strategy]["epochs"], size)
@@ -566,6 +568,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-class", type=int, nargs="*", default=[10, 100, 1000])
     ap.add_argument("--full", action="store_true", help="also run every strategy on the full 60k train set")
+    ap.add_argument("--full-epochs", type=int, default=None,
+                    help="epochs of every --full row (default: the per-recipe table)")
     ap.add_argument("--image-size", type=int, default=64, help="MobileNetV2 input size (28 px upscaled)")
     ap.add_argument("--epochs", type=int, nargs="+", default=None,
                     help="epochs for every row, one value or one per --per-class size (default: per-recipe table)")

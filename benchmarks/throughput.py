@@ -93,6 +93,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (both sides)")
     ap.add_argument("--channels-last", action="store_true", help="baselines also in channels_last")
+    ap.add_argument("--tag", default="", help="suffix of the result file (throughput-<tag>.json)")
     args = parse_args(ap, argv)
 
     dev = torch.device(args.device)
@@ -154,7 +155,7 @@ def main(argv=None):
     for k, v in ratios.items():
         print(f"{k:55s} {v:6.2f}x")
     RESULTS.mkdir(exist_ok=True)
-    tag = "" if args.device == "cpu" else f"-{args.device}"
+    tag = ("" if args.device == "cpu" else f"-{args.device}") + (f"-{args.tag}" if args.tag else "")
     out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
            "torch": torch.__version__, "device": str(dev), "args": vars(args), "img_per_s": ips, "ratios": ratios,
            "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}
