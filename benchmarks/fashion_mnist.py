@@ -608,9 +608,12 @@ def main(argv=None):
         ap.error("--epochs takes one value or one per --per-class size")
     for item in args.ttt_gradual:
         key, _, value = item.partition("=")
-        if key not in TTT["gradual"] or not value:
-            ap.error(f"--ttt-gradual {item!r}: use KEY=VALUE with KEY one of {sorted(TTT['gradual'])}")
-        TTT["gradual"][key] = type(TTT["gradual"][key])(float(value))
+        try:
+            if key not in TTT["gradual"]:
+                raise ValueError
+            TTT["gradual"][key] = type(TTT["gradual"][key])(float(value))
+        except ValueError:
+            ap.error(f"--ttt-gradual {item!r}: use KEY=VALUE with KEY one of {sorted(TTT['gradual'])} and a number")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -1,0 +1,96 @@
+"""The Fashion-MNIST benchmark's verdict logic and result plumbing (no training: the numbers are given)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fm():
+    spec = importlib.util.spec_from_file_location("bench_fashion_mnist", ROOT / "benchmarks" / "fashion_mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def ttt_run(reached_s=None, trained_s=100.0, steps=100, best=0.89):
+    return dict(reached=reached_s is not None, time_to_target_s=reached_s, trained_s=trained_s,
+                trained_steps=steps, best_accuracy=best)
+
+
+def ttt_verdict(fm, gradual, hf):
+    return fm.targets([], {"gradual": gradual, "hf_full_finetune": hf}, [])[-1]
+
+
+def test_time_to_target_ratio_when_both_reach(fm):
+    t = ttt_verdict(fm, ttt_run(80.0), ttt_run(400.0))
+    assert t["value"] == 0.2 and t["passed"] is True
+    t = ttt_verdict(fm, ttt_run(81.0), ttt_run(400.0))
+    assert t["value"] == pytest.approx(0.2025, abs=1e-3) and t["passed"] is False
+
+
+def test_time_to_target_unreached_baseline_gives_a_bound(fm):
+    # the HF-style run stopped unreached after 5.1x the gradual time: the ratio can only be smaller -> decided
+    t = ttt_verdict(fm, ttt_run(74.7), ttt_run(None, trained_s=381.0, steps=822))
+    assert t["value"] == "<= 0.196" and t["passed"] is True and "upper bound" in t["note"]
+    # stopped too early to decide: not a pass, not a fail
+    t = ttt_verdict(fm, ttt_run(74.7), ttt_run(None, trained_s=300.0))
+    assert t["passed"] is None and "not conclusive" in t["note"]
+
+
+def test_time_to_target_gradual_unreached_fails(fm):
+    t = ttt_verdict(fm, ttt_run(None, trained_s=120.0), ttt_run(400.0))
+    assert t["passed"] is False and t["value"] is None
+
+
+def test_accuracy_targets(fm):
+    rows = [dict(strategy=s, images_per_class=n, test_accuracy=a) for s, n, a in [
+        ("lenet5", 100, 0.80), ("full", 100, 0.851), ("gradual", 100, 0.84), ("feature_extraction", 10, 0.69),
+        ("gradual", 10, 0.70)]]
+    full = [dict(strategy="full", images_per_class="full", test_accuracy=0.9283)]
+    out = {t["target"]: t for t in fm.targets(rows, {}, full)}
+    assert out["full train set: best strategy >= 95.0 % test accuracy"]["passed"] is False
+    assert out["100/class: best transfer strategy >= 85 %"]["best"] == "full"
+    assert out["100/class: best transfer strategy >= 85 %"]["passed"] is True
+    lenet = out["100/class: best transfer >= LeNet-5 + 5 points"]
+    assert lenet["value"] == pytest.approx(0.051) and lenet["passed"] is True
+    assert out["10/class: best transfer strategy >= 70 %"]["passed"] is True
+
+
+def test_replot_merges_full_rows(fm, tmp_path, monkeypatch):
+    monkeypatch.setattr(fm, "RESULTS", tmp_path)
+    rows = [dict(strategy=s, images_per_class=n, test_accuracy=0.5 + n / 1e4) for s in ("lenet5", "full")
+            for n in (10, 100)]
+    (tmp_path / "fm.json").write_text(json.dumps({"rows": rows, "settings": {"image_size": 48}}))
+    plotted = []
+    monkeypatch.setattr(fm, "plot", lambda r, path, size: plotted.append((r, path, size)))
+    fm.replot("fm")
+    assert plotted == [(rows, tmp_path / "fm.png", 48)]
+    full = [dict(strategy="full", images_per_class="full", test_accuracy=0.93)]
+    (tmp_path / "fm_full.json").write_text(json.dumps({"rows": full}))
+    fm.replot("fm")
+    assert plotted[-1][0] == rows + full
+    with pytest.raises(SystemExit, match="run the benchmark first"):
+        fm.replot("missing")
+
+
+def test_plot_writes_png_with_full_set_at_6000(fm, tmp_path):
+    rows = [dict(strategy="full", images_per_class=n, test_accuracy=a)
+            for n, a in [(10, 0.7), (100, 0.85), ("full", 0.93)]]
+    fm.plot(rows, tmp_path / "p.png", 64)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ttt_gradual_override_is_checked(fm, monkeypatch, capsys):
+    monkeypatch.setitem(fm.TTT, "gradual", dict(fm.TTT["gradual"]))
+    for bad in ("learning_rate=1", "lr=fast", "lr"):
+        with pytest.raises(SystemExit):
+            fm.main(["--per-class", "--ttt", "none", "--ttt-gradual", bad])
+        assert "KEY=VALUE with KEY one of" in capsys.readouterr().err
+    assert fm.TTT["gradual"]["lr"] == 3e-3
