@@ -361,8 +361,8 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
     probe = x[:2]  # per-sample ops: a couple of samples are enough to build and check the copy
     check = x[:3] if len(x) >= 3 else x
     with torch.no_grad():
-        clone = _plain_copy(module)  # a copy without frozen-module hooks: the plain computation
-        reference = clone(probe)
+        plain = _plain_copy(module)  # a copy without frozen-module hooks: the plain computation
+        reference = plain(probe)
         clone = _plain_copy(module)
         if options.fold_bn:
             folded = 0
@@ -384,7 +384,7 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
         if use_jit:
             graph = _freeze_graph(clone, probe)
             # checked at a batch size other than the traced one: the graph must not have baked it in
-            if graph is not None and _close(graph(check), _plain_copy(module)(check)):
+            if graph is not None and _close(graph(check), plain(check)):
                 return graph
     return clone
 

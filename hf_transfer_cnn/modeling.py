@@ -595,12 +595,9 @@ class TransferModel(nn.Module):
                 mods = [m for u in units[:n_frozen] for m in u.modules]
                 if n_frozen == len(units):  # everything frozen: the neck too (post-pool modules run after pooling)
                     mods = mods[: len(mods) - len(arch.post_pool)] if arch.post_pool else mods
-                    neck_done = True
                 out = run_frozen_prefix(self, mods, x)
                 if out is not None:
-                    x, start = out, n_frozen
-                else:
-                    neck_done = False
+                    x, start, neck_done = out, n_frozen, n_frozen == len(units)
         for unit in units[start:]:
             mods = unit.modules[: len(unit.modules) - tail] if unit is units[-1] and tail else unit.modules
             for m in mods:
