@@ -613,6 +613,8 @@ def main(argv=None):
     if args.plot_only:
         print(f"wrote {replot('fashion_mnist' + (f'_{args.tag}' if args.tag else ''))}")
         return None
+    if args.full_epochs is not None and args.full_epochs < 1:
+        ap.error(f"--full-epochs {args.full_epochs}: use a positive number of epochs")
     if args.epochs and len(args.epochs) not in (1, len(args.per_class)):
         ap.error("--epochs takes one value or one per --per-class size")
     for item in args.ttt_gradual:

@@ -94,3 +94,9 @@ def test_ttt_gradual_override_is_checked(fm, monkeypatch, capsys):
             fm.main(["--per-class", "--ttt", "none", "--ttt-gradual", bad])
         assert "KEY=VALUE with KEY one of" in capsys.readouterr().err
     assert fm.TTT["gradual"]["lr"] == 3e-3
+
+
+def test_full_epochs_must_be_positive(fm, capsys):
+    with pytest.raises(SystemExit):
+        fm.main(["--per-class", "--ttt", "none", "--full", "--full-epochs", "0"])
+    assert "--full-epochs 0: use a positive number of epochs" in capsys.readouterr().err
