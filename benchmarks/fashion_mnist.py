@@ -161,15 +161,20 @@ def training_args(workdir: str, seed: int, lr: float, batch: int, epochs: float 
         num_train_epochs=epochs, max_steps=max_steps, remove_unused_columns=False, dataloader_num_workers=0)
 
 
-def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 500, key: str = "pixel_values") -> float:
-    """Batched inference accuracy (eval mode, no autograd)."""
+def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 500, key: str = "pixel_values",
+             flip_tta: bool = False) -> float:
+    """Batched inference accuracy (eval mode, no autograd). `flip_tta`: class probabilities averaged over each image
+    and its horizontal mirror (the training augmentation flips, so both views are in-distribution)."""
     was = model.training
     model.eval()
     correct = 0
     with torch.inference_mode():
         for i in range(0, len(x), batch):
-            logits = model(**{key: x[i:i + batch]}).logits
-            correct += int((logits.argmax(-1) == y[i:i + batch]).sum())
+            xb = x[i:i + batch]
+            scores = model(**{key: xb}).logits
+            if flip_tta:
+                scores = scores.softmax(-1) + model(**{key: xb.flip(-1)}).logits.softmax(-1)
+            correct += int((scores.argmax(-1) == y[i:i + batch]).sum())
     model.train(was)
     return correct / len(x)
 
@@ -280,13 +285,23 @@ class Bench:
         row["test_accuracy"] = round(row["test_accuracy"], 4)
         return row
 
-    def _train(self, model, ds, row, recipe, epochs, batch, collator=collate_fn, callbacks=None):
+    def _train(self, model, ds, row, recipe, epochs, batch, collator=collate_fn, callbacks=None, eval_x=None):
         args = training_args(self.trainer_dir, self.args.seed, recipe["lr"], batch, epochs, recipe["weight_decay"],
                              recipe["warmup"])
-        trainer = T.Trainer(model=model, args=args, train_dataset=ds, data_collator=collator, callbacks=callbacks)
+        callbacks = list(callbacks or [])
+        curve = None
+        if self.args.epoch_curve and eval_x is not None:  # a fixed class-balanced test subset keeps it cheap
+            idx = torch.as_tensor(balanced_indices(self.eval_y.numpy(), min(CURVE_PER_CLASS, len(self.eval_y) // 10),
+                                                   self.args.seed + 1))
+            curve = EpochCurve(model, eval_x[idx], self.eval_y[idx])
+        trainer = T.Trainer(model=model, args=args, train_dataset=ds, data_collator=collator,
+                            callbacks=callbacks + ([curve] if curve else []))
         with Stopwatch() as sw:
             out = trainer.train()
-        row["train_s"] = round(sw.s, 2)
+        row["train_s"] = round(sw.s - (curve.eval_s if curve else 0.0), 2)
+        if curve:  # informational: the row's result is the final model's accuracy, never a chosen epoch's
+            row["epoch_curve"] = curve.curve
+            row["epoch_curve_eval_s"] = round(curve.eval_s, 2)
         row["final_train_loss"] = round(float(out.training_loss), 4)
         return trainer
 
@@ -296,6 +311,8 @@ class Bench:
                 model.freeze(0)
             row["test_accuracy"] = accuracy(model, x, self.eval_y, key=key)
         row["eval_s"] = round(sw.s, 2)
+        if self.args.flip_tta and key == "pixel_values":
+            row["test_accuracy_flip_tta"] = round(accuracy(model, x, self.eval_y, key=key, flip_tta=True), 4)
 
     def _row_lenet5(self, row, recipe, ds, epochs, batch, steps):
         path = self.workdir / f"lenet5_init_seed{self.args.seed}"
@@ -306,8 +323,9 @@ class Bench:
         train_tf, eval_tf = build_transforms(model.image_processor, 1, augment=recipe["augment"], crop_scale=CROP_SCALE)
         row.update(model="lenet5 (random init, tanh, avg-pool)", input="1x28x28 (native)",
                    parameters=sum(p.numel() for p in model.parameters()))
-        self._train(model, with_transforms(ds, train_tf), row, recipe, epochs, batch)
-        self._evaluate(row, model, self.test_tensors("lenet28", eval_tf))
+        x = self.test_tensors("lenet28", eval_tf)
+        self._train(model, with_transforms(ds, train_tf), row, recipe, epochs, batch, eval_x=x)
+        self._evaluate(row, model, x)
 
     def _row_feature_extraction(self, row, recipe, ds, epochs, batch, steps):
         model = self.mobilenet(0)
@@ -334,8 +352,9 @@ class Bench:
             callbacks = [FreezeScheduler(schedule=[(0, stages)], stage_lr_decay=decay)]
             row["stage_lr_decay"] = decay
         train_tf, eval_tf = self.transforms(model, recipe["augment"])
-        self._train(model, with_transforms(ds, train_tf), row, recipe, epochs, batch, callbacks=callbacks)
-        self._evaluate(row, model, self.test_tensors("mnv2", eval_tf), fast=True)
+        x = self.test_tensors("mnv2", eval_tf)
+        self._train(model, with_transforms(ds, train_tf), row, recipe, epochs, batch, callbacks=callbacks, eval_x=x)
+        self._evaluate(row, model, x, fast=True)
 
     _row_full = _row_top2
 
@@ -346,8 +365,9 @@ class Bench:
         row.update(unfreeze_at_step=at, num_stages=recipe["num_stages"], lr_factor=recipe["lr_factor"])
         sched = FreezeScheduler(unfreeze_at_step=at, num_stages=recipe["num_stages"], lr_factor=recipe["lr_factor"])
         train_tf, eval_tf = self.transforms(model, recipe["augment"])
-        self._train(model, with_transforms(ds, train_tf), row, recipe, epochs, batch, callbacks=[sched])
-        self._evaluate(row, model, self.test_tensors("mnv2", eval_tf), fast=True)
+        x = self.test_tensors("mnv2", eval_tf)
+        self._train(model, with_transforms(ds, train_tf), row, recipe, epochs, batch, callbacks=[sched], eval_x=x)
+        self._evaluate(row, model, x, fast=True)
 
     def _describe_mnv2(self, row, model):
         row.update(model="MobileNetV2 1.0 ImageNet (torchvision weights, converted)",
@@ -450,6 +470,24 @@ class TargetProbe(T.TrainerCallback):
             control.should_training_stop = True
         elif over:
             control.should_training_stop = True
+
+
+CURVE_PER_CLASS = 200  # --epoch-curve scores a fixed 2000-image class-balanced test subset
+
+
+class EpochCurve(T.TrainerCallback):
+    """Test-subset accuracy after every epoch (information on whether more epochs would help; evaluation time is kept out
+    of the row's train time)."""
+
+    def __init__(self, model, x, y):
+        self.model, self.x, self.y, self.curve, self.eval_s = model, x, y, [], 0.0
+
+    def on_epoch_end(self, args, state, control, **kw):
+        with Stopwatch() as sw:
+            acc = accuracy(self.model, self.x, self.y)
+        self.eval_s += sw.s
+        self.curve.append(dict(epoch=round(state.epoch, 2), step=state.global_step, accuracy=round(acc, 4)))
+        print(f"    epoch {state.epoch:5.2f}  test accuracy {acc * 100:.2f} %", flush=True)
 
 
 def _interp_epochs(table, per_class):
@@ -583,6 +621,12 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, nargs="+", default=None,
                     help="epochs for every row, one value or one per --per-class size (default: per-recipe table)")
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    ap.add_argument("--flip-tta", action="store_true",
+                    help="also report each image-input row's accuracy with horizontal-flip test-time augmentation "
+                         "(test_accuracy_flip_tta; the targets use the plain test_accuracy)")
+    ap.add_argument("--epoch-curve", action="store_true",
+                    help="record accuracy on a fixed 200/class test subset after every epoch (epoch_curve; information "
+                         "only, eval time excluded)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-per-class", type=int, default=None,
                     help="score on a seeded class-balanced test subset of this many per class (default: all 10k)")
