@@ -100,3 +100,46 @@ def test_full_epochs_must_be_positive(fm, capsys):
     with pytest.raises(SystemExit):
         fm.main(["--per-class", "--ttt", "none", "--full", "--full-epochs", "0"])
     assert "--full-epochs 0: use a positive number of epochs" in capsys.readouterr().err
+
+
+class _MirrorSensitive(__import__("torch").nn.Module):
+    """Logits = (left-half mean, right-half mean, 0) per image: a mirror swaps the first two classes."""
+
+    def forward(self, pixel_values):
+        import torch
+        from types import SimpleNamespace
+
+        w = pixel_values.shape[-1] // 2
+        left = pixel_values[..., :w].mean(dim=(1, 2, 3))
+        right = pixel_values[..., w:].mean(dim=(1, 2, 3))
+        return SimpleNamespace(logits=torch.stack([left, right, torch.zeros_like(left)], dim=-1))
+
+
+def test_accuracy_with_flip_tta_averages_the_mirrored_view(fm):
+    import torch
+
+    x = torch.zeros(4, 1, 2, 4)
+    x[0, ..., :2] = 3.0                    # left-heavy -> class 0; mirror says 1
+    x[1, ..., 2:] = 3.0                    # right-heavy -> class 1; mirror says 0
+    x[2, ..., 0] = 5.0                     # left-heavy
+    x[3] = -1.0                            # both halves negative -> class 2 in both views
+    y = torch.tensor([0, 0, 0, 2])
+    model = _MirrorSensitive().train()
+    assert fm.accuracy(model, x, y, batch=3) == 0.75  # plain: sample 1 wrong
+    # flip TTA: probabilities of the two views summed -> classes 0 and 1 tie for samples 0-2 (argmax picks 0)
+    assert fm.accuracy(model, x, y, batch=3, flip_tta=True) == 1.0
+    assert model.training  # training mode restored
+
+
+def test_epoch_curve_records_accuracy_and_eval_time(fm):
+    import torch
+    from types import SimpleNamespace
+
+    x = torch.zeros(2, 1, 2, 4)
+    x[0, ..., :2] = 1.0
+    x[1, ..., 2:] = 1.0
+    curve = fm.EpochCurve(_MirrorSensitive(), x, torch.tensor([0, 0]))
+    for epoch, step in ((1.0, 10), (2.0, 20)):
+        curve.on_epoch_end(None, SimpleNamespace(epoch=epoch, global_step=step), None)
+    assert curve.curve == [dict(epoch=1.0, step=10, accuracy=0.5), dict(epoch=2.0, step=20, accuracy=0.5)]
+    assert curve.eval_s > 0
