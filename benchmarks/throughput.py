@@ -4,6 +4,8 @@
 
 Rows: plain transformers eager inference (the "limit"), a naive frozen backbone (requires_grad off, BN eval),
 a plain full fine-tune step, and our feature extraction / top-2 fine-tune / full fine-tune steps (defaults).
+The configurations are timed round-robin (every round times each in turn) and each ratio is the median of the
+per-round ratios, so drift in the host's speed, large on a shared VM, does not land on one side of a comparison.
 Writes benchmarks/results/throughput[-<device>].json.
 """
 
@@ -48,19 +50,23 @@ def parse_args(ap: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     return args
 
 
-def timed(step, batches: int, repeats: int, warmup: int = 3) -> float:
-    """Median seconds per call over `repeats` rounds of `batches` calls."""
-    for _ in range(warmup):
-        step()
-    sync()
-    rounds = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for _ in range(batches):
+def timed_round_robin(steps: dict, batches: int, repeats: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of every step, `repeats` rounds of `batches` calls each, the configurations taking turns
+    within each round: a host whose speed drifts (shared VM) then slows every configuration of a round alike, and
+    the per-round ratios stay comparable even when the absolute numbers move."""
+    for step in steps.values():
+        for _ in range(warmup):
             step()
-        sync()
-        rounds.append((time.perf_counter() - t) / batches)
-    return statistics.median(rounds)
+    sync()
+    rounds: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            t = time.perf_counter()
+            for _ in range(batches):
+                step()
+            sync()
+            rounds[name].append((time.perf_counter() - t) / batches)
+    return rounds
 
 
 def sync():
@@ -117,14 +123,11 @@ def main(argv=None):
     def ours(stages):
         return TransferModel.from_pretrained(ckpt, num_labels=10, trainable_stages=stages).to(dev)
 
-    rows = {}
     m = plain(1000).eval()
 
     def infer():
         with torch.no_grad(), autocast():
             m(pixel_values=xb)
-
-    rows["plain eager inference (limit)"] = timed(infer, args.batches, args.repeats)
 
     naive = plain()
     for p in naive.mobilenet_v2.parameters():
@@ -135,31 +138,42 @@ def main(argv=None):
         naive.mobilenet_v2.eval()  # what a careful user does by hand every step
         step()
 
-    rows["plain frozen backbone step (naive)"] = timed(naive_step, args.batches, args.repeats)
-    rows["plain full fine-tune step"] = timed(train_step_fn(plain(), xb, y, autocast), args.batches, args.repeats)
-    rows["ours feature extraction step"] = timed(train_step_fn(ours(0), x, y, autocast), args.batches, args.repeats)
-    rows["ours top-2 fine-tune step"] = timed(train_step_fn(ours(2), x, y, autocast), args.batches, args.repeats)
-    rows["ours full fine-tune step"] = timed(train_step_fn(ours("all"), x, y, autocast), args.batches, args.repeats)
-
-    ips = {k: args.batch_size / v for k, v in rows.items()}
-    ratios = {
-        "feature_extraction / eager_inference (target >= 2.5)":
-            ips["ours feature extraction step"] / ips["plain eager inference (limit)"],
-        "top2_finetune / plain_full_finetune (target >= 3)":
-            ips["ours top-2 fine-tune step"] / ips["plain full fine-tune step"],
-        "ours_full / plain_full": ips["ours full fine-tune step"] / ips["plain full fine-tune step"],
+    steps = {
+        "plain eager inference (limit)": infer,
+        "plain frozen backbone step (naive)": naive_step,
+        "plain full fine-tune step": train_step_fn(plain(), xb, y, autocast),
+        "ours feature extraction step": train_step_fn(ours(0), x, y, autocast),
+        "ours top-2 fine-tune step": train_step_fn(ours(2), x, y, autocast),
+        "ours full fine-tune step": train_step_fn(ours("all"), x, y, autocast),
     }
+    rounds = timed_round_robin(steps, args.batches, args.repeats)
+    ips = {k: args.batch_size / statistics.median(v) for k, v in rounds.items()}
+
+    def ratio(fast: str, slow: str) -> float:
+        """Median over rounds of (img/s of `fast`) / (img/s of `slow`), each round timed back to back."""
+        return statistics.median(b / a for a, b in zip(rounds[fast], rounds[slow]))
+
+    ratio_pairs = {
+        "feature_extraction / eager_inference (target >= 2.5)":
+            ("ours feature extraction step", "plain eager inference (limit)"),
+        "top2_finetune / plain_full_finetune (target >= 3)": ("ours top-2 fine-tune step", "plain full fine-tune step"),
+        "ours_full / plain_full": ("ours full fine-tune step", "plain full fine-tune step"),
+    }
+    ratios = {k: ratio(*pair) for k, pair in ratio_pairs.items()}
+    ratio_rounds = {k: [round(b / a, 3) for a, b in zip(rounds[f], rounds[s])] for k, (f, s) in ratio_pairs.items()}
     print(f"\nMobileNetV2 {args.image_size}px, batch {args.batch_size}, {args.device}, bf16={args.bf16}, "
           f"threads={torch.get_num_threads()}")
     print(f"{'configuration':45s} {'img/s':>9s}")
     for k, v in ips.items():
         print(f"{k:45s} {v:9.1f}")
     for k, v in ratios.items():
-        print(f"{k:55s} {v:6.2f}x")
+        print(f"{k:55s} {v:6.2f}x  (rounds: {', '.join(f'{r:.2f}' for r in ratio_rounds[k])})")
     RESULTS.mkdir(exist_ok=True)
     tag = ("" if args.device == "cpu" else f"-{args.device}") + (f"-{args.tag}" if args.tag else "")
     out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
            "torch": torch.__version__, "device": str(dev), "args": vars(args), "img_per_s": ips, "ratios": ratios,
+           "ratio_per_round": ratio_rounds, "timing": "round-robin: each round times every configuration in turn; "
+           "img/s from the median round, ratios = median of the per-round ratios",
            "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     (RESULTS / f"throughput{tag}.json").write_text(json.dumps(out, indent=2))
     return out

@@ -143,3 +143,18 @@ def test_epoch_curve_records_accuracy_and_eval_time(fm):
         curve.on_epoch_end(None, SimpleNamespace(epoch=epoch, global_step=step), None)
     assert curve.curve == [dict(epoch=1.0, step=10, accuracy=0.5), dict(epoch=2.0, step=20, accuracy=0.5)]
     assert curve.eval_s > 0
+
+
+def test_throughput_timing_is_round_robin(monkeypatch):
+    """Every round times each configuration in turn (after the warm-up calls), so host-speed drift hits all alike."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("throughput", None)
+    import throughput
+
+    calls = []
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    rounds = throughput.timed_round_robin(steps, batches=2, repeats=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    assert list(rounds) == ["a", "b"] and all(len(v) == 3 and min(v) >= 0 for v in rounds.values())
