@@ -97,7 +97,7 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--batches", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=7, help="round-robin rounds (each times every configuration)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (both sides)")
     ap.add_argument("--channels-last", action="store_true", help="baselines also in channels_last")
