@@ -476,8 +476,8 @@ CURVE_PER_CLASS = 200  # --epoch-curve scores a fixed 2000-image class-balanced 
 
 
 class EpochCurve(T.TrainerCallback):
-    """Test-subset accuracy after every epoch (information on whether more epochs would help; evaluation time is kept out
-    of the row's train time)."""
+    """Test-subset accuracy after every epoch (information on whether more epochs would help); the evaluation time
+    is kept out of the row's train time."""
 
     def __init__(self, model, x, y):
         self.model, self.x, self.y, self.curve, self.eval_s = model, x, y, [], 0.0

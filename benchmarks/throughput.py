@@ -149,18 +149,16 @@ def main(argv=None):
     rounds = timed_round_robin(steps, args.batches, args.repeats)
     ips = {k: args.batch_size / statistics.median(v) for k, v in rounds.items()}
 
-    def ratio(fast: str, slow: str) -> float:
-        """Median over rounds of (img/s of `fast`) / (img/s of `slow`), each round timed back to back."""
-        return statistics.median(b / a for a, b in zip(rounds[fast], rounds[slow]))
-
     ratio_pairs = {
         "feature_extraction / eager_inference (target >= 2.5)":
             ("ours feature extraction step", "plain eager inference (limit)"),
         "top2_finetune / plain_full_finetune (target >= 3)": ("ours top-2 fine-tune step", "plain full fine-tune step"),
         "ours_full / plain_full": ("ours full fine-tune step", "plain full fine-tune step"),
     }
-    ratios = {k: ratio(*pair) for k, pair in ratio_pairs.items()}
-    ratio_rounds = {k: [round(b / a, 3) for a, b in zip(rounds[f], rounds[s])] for k, (f, s) in ratio_pairs.items()}
+    # per round: img/s of the first / img/s of the second = seconds of the second / seconds of the first
+    per_round = {k: [b / a for a, b in zip(rounds[fast], rounds[slow])] for k, (fast, slow) in ratio_pairs.items()}
+    ratios = {k: statistics.median(v) for k, v in per_round.items()}
+    ratio_rounds = {k: [round(r, 3) for r in v] for k, v in per_round.items()}
     print(f"\nMobileNetV2 {args.image_size}px, batch {args.batch_size}, {args.device}, bf16={args.bf16}, "
           f"threads={torch.get_num_threads()}")
     print(f"{'configuration':45s} {'img/s':>9s}")
