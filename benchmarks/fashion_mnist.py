@@ -153,9 +153,10 @@ def square_processor(processor, image_size: int):
 # --- helpers ------------------------------------------------------------------------------------------------
 
 def training_args(workdir: str, seed: int, lr: float, batch: int, epochs: float = 1, weight_decay: float = 0.0,
-                  warmup: float = 0.0, max_steps: int = -1) -> T.TrainingArguments:
+                  warmup: float = 0.0, max_steps: int = -1, save_every_epoch: bool = False) -> T.TrainingArguments:
     return T.TrainingArguments(
-        output_dir=workdir, use_cpu=True, report_to=[], save_strategy="no", eval_strategy="no",
+        output_dir=workdir, use_cpu=True, report_to=[], save_strategy="epoch" if save_every_epoch else "no",
+        save_total_limit=1 if save_every_epoch else None, eval_strategy="no",
         logging_strategy="no", disable_tqdm=True, seed=seed, data_seed=seed, learning_rate=lr,
         weight_decay=weight_decay, warmup_steps=warmup, per_device_train_batch_size=batch,
         num_train_epochs=epochs, max_steps=max_steps, remove_unused_columns=False, dataloader_num_workers=0)
@@ -286,8 +287,17 @@ class Bench:
         return row
 
     def _train(self, model, ds, row, recipe, epochs, batch, collator=collate_fn, callbacks=None, eval_x=None):
-        args = training_args(self.trainer_dir, self.args.seed, recipe["lr"], batch, epochs, recipe["weight_decay"],
-                             recipe["warmup"])
+        out_dir, resume = self.trainer_dir, None
+        if self.args.checkpoint:  # one directory per row and setting: a checkpoint never resumes a different run
+            out_dir = str(self.workdir / "checkpoints" / (
+                f"{row['strategy']}-{row['images_per_class']}-{self.args.image_size}px-{epochs}ep-"
+                f"seed{self.args.seed}-bn{self.args.bn_momentum}"))
+            resume = T.trainer_utils.get_last_checkpoint(out_dir) if Path(out_dir).is_dir() else None
+            print(f"    checkpoints: every epoch; {'resuming from ' + resume if resume else 'starting fresh'}",
+                  flush=True)
+            row["resumed_from"] = Path(resume).name if resume else None
+        args = training_args(out_dir, self.args.seed, recipe["lr"], batch, epochs, recipe["weight_decay"],
+                             recipe["warmup"], save_every_epoch=self.args.checkpoint)
         callbacks = list(callbacks or [])
         curve = None
         if self.args.epoch_curve and eval_x is not None:  # a fixed class-balanced test subset keeps it cheap
@@ -297,8 +307,8 @@ class Bench:
         trainer = T.Trainer(model=model, args=args, train_dataset=ds, data_collator=collator,
                             callbacks=callbacks + ([curve] if curve else []))
         with Stopwatch() as sw:
-            out = trainer.train()
-        row["train_s"] = round(sw.s - (curve.eval_s if curve else 0.0), 2)
+            out = trainer.train(resume_from_checkpoint=resume)
+        row["train_s"] = round(sw.s - (curve.eval_s if curve else 0.0), 2)  # this process only, when resumed
         if curve:  # informational: the row's result is the final model's accuracy, never a chosen epoch's
             row["epoch_curve"] = curve.curve
             row["epoch_curve_eval_s"] = round(curve.eval_s, 2)
@@ -627,6 +637,10 @@ def main(argv=None):
     ap.add_argument("--epoch-curve", action="store_true",
                     help="record accuracy on a fixed 200/class test subset after every epoch (epoch_curve; information "
                          "only, eval time excluded)")
+    ap.add_argument("--checkpoint", action="store_true",
+                    help="save a Trainer checkpoint after every epoch (the last one kept) under --workdir/checkpoints, "
+                         "one directory per row and setting, and resume from it when the same command runs again: "
+                         "a long --full run can be split across interruptions")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-per-class", type=int, default=None,
                     help="score on a seeded class-balanced test subset of this many per class (default: all 10k)")
