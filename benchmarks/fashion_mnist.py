@@ -33,7 +33,12 @@ Every MobileNetV2 (ours and the HF-style baseline) gets BatchNorm momentum 0.1 (
 
 Writes benchmarks/results/fashion_mnist.json (``fashion_mnist_full.json`` for the full-train-set rows with --full,
 ``fashion_mnist_<tag>.*`` with --tag) and fashion_mnist.png (test accuracy vs images per class, log x, one line per
-strategy; the full-set rows, when run, at 6000/class; ``--plot-only`` redraws it from the JSON files). The OMP_WAIT_POLICY=PASSIVE default keeps CPU steps from stalling when the 2 cores are shared.
+strategy; the full-set rows, when run, at 6000/class; ``--plot-only`` redraws it from the JSON files). The
+OMP_WAIT_POLICY=PASSIVE default keeps CPU steps from stalling when the 2 cores are shared.
+
+Long runs: ``--checkpoint`` saves a Trainer checkpoint after every epoch and resumes from it when the same command is
+run again (so a multi-hour ``--full`` run survives interruptions); ``--epoch-curve`` logs accuracy on a fixed test
+subset after each epoch; ``--flip-tta`` adds the mirror-averaged test accuracy beside the plain one.
 """
 
 from __future__ import annotations
