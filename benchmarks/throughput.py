@@ -4,8 +4,12 @@
 
 Rows: plain transformers eager inference (the "limit"), a naive frozen backbone (requires_grad off, BN eval),
 a plain full fine-tune step, and our feature extraction / top-2 fine-tune / full fine-tune steps (defaults).
-The configurations are timed round-robin (every round times each in turn) and each ratio is the median of the
-per-round ratios, so drift in the host's speed, large on a shared VM, does not land on one side of a comparison.
+The configurations of a comparison are timed round-robin (every round times each in turn) and each ratio is the
+median of the per-round ratios, so drift in the host's speed, large on a shared VM, does not land on one side of
+it. By default the round-robin runs within two groups, inference-like (eager inference, naive frozen step, our
+feature extraction) and fine-tuning (plain full, our top-2, our full), as each runs in practice: next to steps of
+its own kind. `--interleave all` puts all six in every round; a full fine-tune step between two inference-like
+blocks evicts their caches and heap, which slows whichever block follows it.
 Writes benchmarks/results/throughput[-<device>].json.
 """
 
@@ -69,6 +73,16 @@ def timed_round_robin(steps: dict, batches: int, repeats: int, warmup: int = 3) 
     return rounds
 
 
+INFERENCE_LIKE = ("plain eager inference (limit)", "plain frozen backbone step (naive)", "ours feature extraction step")
+
+
+def timing_groups(names: list[str], interleave: str = "groups") -> list[list[str]]:
+    """The configurations timed round-robin together: all of them, or the inference-like ones and the rest."""
+    if interleave == "all":
+        return [list(names)]
+    return [[n for n in names if n in INFERENCE_LIKE], [n for n in names if n not in INFERENCE_LIKE]]
+
+
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -101,6 +115,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (both sides)")
     ap.add_argument("--channels-last", action="store_true", help="baselines also in channels_last")
+    ap.add_argument("--interleave", choices=("groups", "all"), default="groups",
+                    help="round-robin within the inference-like and fine-tuning groups (default), or over all six")
     ap.add_argument("--tag", default="", help="suffix of the result file (throughput-<tag>.json)")
     args = parse_args(ap, argv)
 
@@ -146,7 +162,10 @@ def main(argv=None):
         "ours top-2 fine-tune step": train_step_fn(ours(2), x, y, autocast),
         "ours full fine-tune step": train_step_fn(ours("all"), x, y, autocast),
     }
-    rounds = timed_round_robin(steps, args.batches, args.repeats)
+    groups = timing_groups(list(steps), args.interleave)
+    rounds = {}
+    for group in groups:
+        rounds.update(timed_round_robin({k: steps[k] for k in group}, args.batches, args.repeats))
     ips = {k: args.batch_size / statistics.median(v) for k, v in rounds.items()}
 
     ratio_pairs = {
@@ -170,8 +189,9 @@ def main(argv=None):
     tag = ("" if args.device == "cpu" else f"-{args.device}") + (f"-{args.tag}" if args.tag else "")
     out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cores",
            "torch": torch.__version__, "device": str(dev), "args": vars(args), "img_per_s": ips, "ratios": ratios,
-           "ratio_per_round": ratio_rounds, "timing": "round-robin: each round times every configuration in turn; "
-           "img/s from the median round, ratios = median of the per-round ratios",
+           "ratio_per_round": ratio_rounds, "timing": f"round-robin ({args.interleave}: {groups}): each round times "
+           "every configuration of its group in turn; img/s from the median round, ratios = median of the per-round "
+           "ratios",
            "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     (RESULTS / f"throughput{tag}.json").write_text(json.dumps(out, indent=2))
     return out

@@ -158,6 +158,10 @@ def test_throughput_timing_is_round_robin(monkeypatch):
     rounds = throughput.timed_round_robin(steps, batches=2, repeats=3, warmup=1)
     assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
     assert list(rounds) == ["a", "b"] and all(len(v) == 3 and min(v) >= 0 for v in rounds.values())
+    names = ["plain eager inference (limit)", "plain frozen backbone step (naive)", "plain full fine-tune step",
+             "ours feature extraction step", "ours top-2 fine-tune step", "ours full fine-tune step"]
+    assert throughput.timing_groups(names) == [[names[0], names[1], names[3]], [names[2], names[4], names[5]]]
+    assert throughput.timing_groups(names, "all") == [names]
 
 
 def _tiny_fashion_idx(root: Path) -> Path:

@@ -10,7 +10,7 @@ import torch
 
 from conftest import NATIVE_TYPES
 from hf_transfer_cnn import FastOptions, TransferModel
-from hf_transfer_cnn.freezing import _FAST, _PREFIX, build_inference_copy
+from hf_transfer_cnn.freezing import _FAST, _PREFIX, OneDNNGraph, build_inference_copy, is_inference_graph
 
 BN_TYPES = ["resnet", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2"]
 
@@ -50,9 +50,9 @@ def test_fast_frozen_path_matches_plain(tiny_checkpoints, model_type):
     # trace with warnings and stay eager copies, by design; the others run as frozen inference graphs (one for the
     # whole frozen prefix where it reproduces the modules, else one per module).
     if model_type in ("resnet", "regnet", "convnext", "convnextv2", "efficientnet"):
-        assert any(isinstance(c, torch.jit.ScriptModule) for c in graphs), "no frozen inference graph on CPU"
+        assert any(is_inference_graph(c) for c in graphs), "no frozen inference graph on CPU"
     slots = _slots(eager)
-    assert slots and all(s.copy is not None and not isinstance(s.copy, torch.jit.ScriptModule) for s in slots)
+    assert slots and all(s.copy is not None and not is_inference_graph(s.copy) for s in slots)
     if model_type in BN_TYPES:
         remaining = sum(isinstance(m, torch.nn.BatchNorm2d) for s in slots for m in s.copy.modules())
         original = sum(isinstance(m, torch.nn.BatchNorm2d) for u in fast.stage_units()[:-1] for mod in u.modules
@@ -72,7 +72,7 @@ def test_whole_prefix_graph_follows_freeze_and_weights(tiny_checkpoints):
     x = torch.randn(4, 3, 40, 40)
     torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
     key, graph = model.__dict__[_PREFIX].key, model.__dict__[_PREFIX].graph
-    assert isinstance(graph, torch.jit.ScriptModule) and len(key[0]) == sum(len(u.modules) for u in model.stage_units()[:-2])
+    assert is_inference_graph(graph) and len(key[0]) == sum(len(u.modules) for u in model.stage_units()[:-2])
     for m in (model, reference):
         m.freeze(0)
     reference.freeze(0, fast=FastOptions(enabled=False))
@@ -81,6 +81,39 @@ def test_whole_prefix_graph_follows_freeze_and_weights(tiny_checkpoints):
             m.efficientnet.embeddings.convolution.weight.mul_(1.5)
     torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
     assert model.__dict__[_PREFIX].key != key
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_onednn_fused_prefix_matches_at_every_batch_size_and_restores_the_switch(tiny_checkpoints):
+    """The default frozen graph is oneDNN-fused (conv + activation + add), reproduces the plain model at batch sizes it
+    was not built for, and leaves torch's process-wide fusion switch as it found it; fuse=False gives the prepacked
+    graph instead."""
+    path = tiny_checkpoints["efficientnet"]
+    reference = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2).eval()
+    reference.freeze(2, fast=FastOptions(enabled=False))
+    fused = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2).eval()
+    prepacked = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2).eval()
+    prepacked.freeze(2, fast=FastOptions(fuse=False))
+    for m in (fused, prepacked):
+        m.load_state_dict(reference.state_dict())
+    g = torch.Generator().manual_seed(0)
+    for batch in (4, 7, 7, 7, 1, 4):
+        x = torch.randn(batch, 3, 40, 40, generator=g)
+        expected = reference(x).logits
+        torch.testing.assert_close(fused(x).logits, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(prepacked(x).logits, expected, rtol=1e-4, atol=1e-5)
+        assert torch.jit.onednn_fusion_enabled() is False
+    assert isinstance(fused.__dict__[_PREFIX].graph, OneDNNGraph)
+    fused(x)  # the last TorchScript graph run: the fused prefix, with oneDNN fusion groups in its optimised plan
+    assert "oneDNNFusionGroup" in str(torch._C._last_executed_optimized_graph())
+    graph = prepacked.__dict__[_PREFIX].graph
+    assert isinstance(graph, torch.jit.ScriptModule) and not isinstance(graph, OneDNNGraph)
+    torch.jit.enable_onednn_fusion(True)  # a user's own setting survives our calls
+    try:
+        fused(torch.randn(2, 3, 40, 40))
+        assert torch.jit.onednn_fusion_enabled() is True
+    finally:
+        torch.jit.enable_onednn_fusion(False)
 
 
 def test_unfreeze_drops_copies_and_refreeze_rebuilds(tiny_checkpoints):
