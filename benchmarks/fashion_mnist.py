@@ -37,13 +37,15 @@ strategy; the full-set rows, when run, at 6000/class; ``--plot-only`` redraws it
 OMP_WAIT_POLICY=PASSIVE default keeps CPU steps from stalling when the 2 cores are shared.
 
 Long runs: ``--checkpoint`` saves a Trainer checkpoint after every epoch and resumes from it when the same command is
-run again (so a multi-hour ``--full`` run survives interruptions); ``--epoch-curve`` logs accuracy on a fixed test
+run again with the same recipe (so a multi-hour ``--full`` run survives interruptions; the directory name carries the
+settings and a hash of the recipe); ``--epoch-curve`` logs accuracy on a fixed test
 subset after each epoch; ``--flip-tta`` adds the mirror-averaged test accuracy beside the plain one.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -106,6 +108,14 @@ TTT = dict(target=0.90,
            hf=dict(lr=5e-5, batch_size=64, weight_decay=0.0, epochs=3.0))
 TTT_RATIO = 0.2  # target: gradual time to 90 % <= this x the HF-style one
 VERDICT_MARGIN = 1.02 / TTT_RATIO  # the HF-style run stops once it has trained this x the gradual time-to-target
+
+
+def recipe_digest(recipe: dict, batch_size: int) -> str:
+    """A short hash of everything in a row's recipe besides epochs (which name the checkpoint directory already):
+    editing RECIPES changes it, so a checkpoint is never resumed under a different recipe."""
+    settings = {k: v for k, v in recipe.items() if k != "epochs"}
+    settings.update(batch_size=batch_size, crop_scale=CROP_SCALE)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def batch_size_for(n_train: int) -> int:
@@ -296,7 +306,7 @@ class Bench:
         if self.args.checkpoint:  # one directory per row and setting: a checkpoint never resumes a different run
             out_dir = str(self.workdir / "checkpoints" / (
                 f"{row['strategy']}-{row['images_per_class']}-{self.args.image_size}px-{epochs}ep-"
-                f"seed{self.args.seed}-bn{self.args.bn_momentum}"))
+                f"seed{self.args.seed}-bn{self.args.bn_momentum}-{recipe_digest(recipe, batch)}"))
             resume = T.trainer_utils.get_last_checkpoint(out_dir) if Path(out_dir).is_dir() else None
             print(f"    checkpoints: every epoch; {'resuming from ' + resume if resume else 'starting fresh'}",
                   flush=True)

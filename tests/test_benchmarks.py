@@ -222,3 +222,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(fm, tmp_path, monkeypat
     assert name_a == name_b == "checkpoint-21"
     assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
+    # an edited recipe never resumes the old one's checkpoint
+    monkeypatch.setitem(fm.RECIPES, "lenet5", {**fm.RECIPES["lenet5"], "lr": fm.RECIPES["lenet5"]["lr"] / 2})
+    assert run(tmp_path / "b")["resumed_from"] is None
+    assert len(list((tmp_path / "b" / "checkpoints").glob("lenet5-10-*"))) == 2
