@@ -502,16 +502,31 @@ CURVE_PER_CLASS = 200  # --epoch-curve scores a fixed 2000-image class-balanced 
 
 class EpochCurve(T.TrainerCallback):
     """Test-subset accuracy after every epoch (information on whether more epochs would help); the evaluation time
-    is kept out of the row's train time."""
+    is kept out of the row's train time. Each point also goes into the Trainer state's log history, which checkpoints
+    carry, so a resumed run reports the whole curve, with the train time summed over the processes."""
+
+    KEY = "epoch_curve_accuracy"
 
     def __init__(self, model, x, y):
         self.model, self.x, self.y, self.curve, self.eval_s = model, x, y, [], 0.0
+        self.start, self.before = 0.0, 0.0
+
+    def on_train_begin(self, args, state, control, **kw):
+        earlier = [e for e in state.log_history if self.KEY in e]  # from the checkpoint a run resumes
+        self.curve = [dict(epoch=e["epoch"], step=e["step"], accuracy=e[self.KEY], train_s=e["curve_train_s"])
+                      for e in earlier]
+        self.before = earlier[-1]["curve_train_s"] if earlier else 0.0
+        self.start, self.eval_s = time.perf_counter(), 0.0
 
     def on_epoch_end(self, args, state, control, **kw):
         with Stopwatch() as sw:
             acc = accuracy(self.model, self.x, self.y)
         self.eval_s += sw.s
-        self.curve.append(dict(epoch=round(state.epoch, 2), step=state.global_step, accuracy=round(acc, 4)))
+        train_s = round(self.before + time.perf_counter() - self.start - self.eval_s, 1)
+        point = dict(epoch=round(state.epoch, 2), step=state.global_step, accuracy=round(acc, 4), train_s=train_s)
+        self.curve.append(point)
+        state.log_history.append({"epoch": point["epoch"], "step": point["step"], self.KEY: point["accuracy"],
+                                  "curve_train_s": train_s})
         print(f"    epoch {state.epoch:5.2f}  test accuracy {acc * 100:.2f} %", flush=True)
 
 

@@ -138,11 +138,26 @@ def test_epoch_curve_records_accuracy_and_eval_time(fm):
     x = torch.zeros(2, 1, 2, 4)
     x[0, ..., :2] = 1.0
     x[1, ..., 2:] = 1.0
+    import transformers as T
+
+    state = T.TrainerState()
     curve = fm.EpochCurve(_MirrorSensitive(), x, torch.tensor([0, 0]))
+    curve.on_train_begin(None, state, None)
     for epoch, step in ((1.0, 10), (2.0, 20)):
-        curve.on_epoch_end(None, SimpleNamespace(epoch=epoch, global_step=step), None)
-    assert curve.curve == [dict(epoch=1.0, step=10, accuracy=0.5), dict(epoch=2.0, step=20, accuracy=0.5)]
-    assert curve.eval_s > 0
+        state.epoch, state.global_step = epoch, step
+        curve.on_epoch_end(None, state, None)
+    assert [{k: p[k] for k in ("epoch", "step", "accuracy")} for p in curve.curve] == [
+        dict(epoch=1.0, step=10, accuracy=0.5), dict(epoch=2.0, step=20, accuracy=0.5)]
+    assert curve.eval_s > 0 and 0 <= curve.curve[0]["train_s"] <= curve.curve[1]["train_s"]
+    # the points live in the log history a checkpoint saves: a resumed run's callback continues the same curve
+    assert [e[fm.EpochCurve.KEY] for e in state.log_history] == [0.5, 0.5]
+    resumed = fm.EpochCurve(_MirrorSensitive(), x, torch.tensor([0, 0]))
+    resumed.on_train_begin(None, T.TrainerState(log_history=list(state.log_history)), None)
+    assert resumed.curve == curve.curve
+    state.epoch, state.global_step = 3.0, 30
+    resumed.on_epoch_end(None, state, None)
+    assert [p["epoch"] for p in resumed.curve] == [1.0, 2.0, 3.0]
+    assert resumed.curve[2]["train_s"] >= resumed.curve[1]["train_s"]
 
 
 def test_throughput_timing_is_round_robin(monkeypatch):
@@ -193,7 +208,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(fm, tmp_path, monkeypat
 
     def run(workdir):
         out = fm.main(["--per-class", "10", "--strategies", "lenet5", "--epochs", "3", "--checkpoint", "--ttt", "none",
-                       "--data-dir", str(data), "--workdir", str(workdir)])
+                       "--epoch-curve", "--data-dir", str(data), "--workdir", str(workdir)])
         return out["rows"][0]
 
     def final_weights(workdir):
@@ -222,6 +237,9 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(fm, tmp_path, monkeypat
     assert name_a == name_b == "checkpoint-21"
     assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
     assert resumed["test_accuracy"] == whole["test_accuracy"]
+    # the resumed row reports the whole epoch curve, the epoch before the interruption included
+    assert [(p["epoch"], p["accuracy"]) for p in resumed["epoch_curve"]] == [
+        (p["epoch"], p["accuracy"]) for p in whole["epoch_curve"]] and len(whole["epoch_curve"]) == 3
     # an edited recipe never resumes the old one's checkpoint
     monkeypatch.setitem(fm.RECIPES, "lenet5", {**fm.RECIPES["lenet5"], "lr": fm.RECIPES["lenet5"]["lr"] / 2})
     assert run(tmp_path / "b")["resumed_from"] is None
