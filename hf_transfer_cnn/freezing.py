@@ -25,6 +25,8 @@ import contextlib
 import copy
 import itertools
 import logging
+import threading
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -389,37 +391,88 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
         if use_jit:
             # checked at a batch size other than the traced one: the graph must not have baked it in
             graph = _freeze_graph(clone, probe, check, plain(check), fuse=options.fuse)
+            if isinstance(graph, OneDNNGraph):
+                graph.reference = _Unhooked(module)  # checks each new batch size; the fallback if it ever fails
             if graph is not None:
                 return graph
     return clone
 
 
-class OneDNNGraph:
-    """A frozen TorchScript graph that runs with oneDNN Graph fusion on. The switch is process-wide in torch, so it
-    is turned on for the call only and restored after it (other TorchScript code is not affected)."""
+class _Unhooked:
+    """The plain computation of a frozen module (or of a Sequential of frozen modules), bypassing the frozen-module
+    hooks and without copying any weights."""
 
     __slots__ = ("module",)
 
-    def __init__(self, module: torch.jit.ScriptModule):
+    def __init__(self, module: nn.Module):
         self.module = module
 
     def __call__(self, x: torch.Tensor):
+        modules = list(self.module) if isinstance(self.module, nn.Sequential) else [self.module]
+        with torch.no_grad():
+            for m in modules:
+                x = type(m).forward(m, x)
+        return x
+
+
+class OneDNNGraph:
+    """A frozen TorchScript graph that runs with oneDNN Graph fusion on.
+
+    torch's fusion switch is process-wide: it is turned on for the call only, under a lock, and the caller's setting
+    restored after it. oneDNN compiles kernels for each new batch size, so the first calls at a new size are checked
+    against `reference` (the plain computation); a mismatch or an error there logs a warning and from then on this
+    graph runs `reference` instead — never silently wrong features.
+    """
+
+    __slots__ = ("module", "reference", "checked", "failed")
+    WARMUP = 3  # profiling runs before the executor's optimised (fused) plan for a new input shape is in use
+
+    def __init__(self, module: torch.jit.ScriptModule, reference=None):
+        self.module, self.reference, self.checked, self.failed = module, reference, {}, False
+
+    def __call__(self, x: torch.Tensor):
+        if self.failed:
+            return self.reference(x)
+        n = len(x)
+        if self.reference is None or self.checked.get(n, 0) >= self.WARMUP:
+            return self._run(x)
+        try:
+            out = self._run(x)
+        except Exception as err:  # a kernel oneDNN could not compile for this batch size
+            return self._fail(x, f"raised {type(err).__name__}: {err}")
+        expected = self.reference(x)
+        if not _close(out, expected):
+            return self._fail(x, "does not reproduce the module")
+        self.checked[n] = self.checked.get(n, 0) + 1
+        return out
+
+    def _run(self, x: torch.Tensor):
         with _onednn_fusion():
             return self.module(x)
+
+    def _fail(self, x: torch.Tensor, why: str):
+        logger.warning("A oneDNN-fused frozen graph %s at batch size %d; running the plain frozen module instead "
+                       "(slower, same results).", why, len(x))
+        self.failed = True
+        return self.reference(x)
 
     @property
     def graph(self):
         return self.module.graph
 
 
+_FUSION_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def _onednn_fusion():
-    previous = torch.jit.onednn_fusion_enabled()
-    torch.jit.enable_onednn_fusion(True)
-    try:
-        yield
-    finally:
-        torch.jit.enable_onednn_fusion(previous)
+    with _FUSION_LOCK:
+        previous = torch.jit.onednn_fusion_enabled()
+        torch.jit.enable_onednn_fusion(True)
+        try:
+            yield
+        finally:
+            torch.jit.enable_onednn_fusion(previous)
 
 
 def is_inference_graph(fn) -> bool:
@@ -444,8 +497,6 @@ def _freeze_graph(module: nn.Module, x: torch.Tensor, check: torch.Tensor, expec
                   fuse: bool = True):
     """TorchScript-trace `module` on `x` and freeze it into an inference graph that reproduces `expected` on `check`
     (oneDNN-fused when `fuse` and it fuses, else with prepacked convs); None if that can't be done cleanly."""
-    import warnings
-
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -455,19 +506,23 @@ def _freeze_graph(module: nn.Module, x: torch.Tensor, check: torch.Tensor, expec
     except Exception as err:  # pragma: no cover - depends on the module
         logger.debug("Could not trace %s (%s); running it eagerly.", type(module).__name__, err)
         return None
-    if fuse:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice, once per graph
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if fuse:
+            try:
+                fused = OneDNNGraph(torch.jit.freeze(traced))
+                if _fuses(fused, check) and _close(fused(check), expected):
+                    return fused
+            except Exception as err:  # pragma: no cover - depends on the module and the oneDNN build
+                logger.debug("oneDNN Graph could not fuse %s (%s).", type(module).__name__, err)
         try:
-            fused = OneDNNGraph(torch.jit.freeze(traced))
-            if _fuses(fused, check) and _close(fused(check), expected):
-                return fused
-        except Exception as err:  # pragma: no cover - depends on the module and the oneDNN build
-            logger.debug("oneDNN Graph could not fuse %s (%s).", type(module).__name__, err)
-    try:
-        graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-        return graph if _close(graph(check), expected) else None
-    except Exception as err:  # pragma: no cover - depends on the module
-        logger.debug("Could not freeze %s into an inference graph (%s); running it eagerly.", type(module).__name__, err)
-        return None
+            graph = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            return graph if _close(graph(check), expected) else None
+        except Exception as err:  # pragma: no cover - depends on the module
+            logger.debug("Could not freeze %s into an inference graph (%s); running it eagerly.",
+                         type(module).__name__, err)
+            return None
 
 
 def _close(a, b) -> bool:

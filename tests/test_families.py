@@ -225,7 +225,7 @@ def test_mlp_head_last_linear_or_whole_classifier(family_dirs, tmp_path):
     with torch.no_grad():
         expected = plain(pixel_values=x).logits
         # the default fast frozen path (fused inference graph) matches up to float rounding...
-        torch.testing.assert_close(last.eval()(pixel_values=x).logits, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(last.eval()(pixel_values=x).logits, expected, rtol=1e-4, atol=1e-5)
         last.freeze(0, fast=FastOptions(enabled=False))  # ...and the stored weights compute it bit for bit
         assert torch.equal(last(pixel_values=x).logits, expected)
 

@@ -10,7 +10,8 @@ import torch
 
 from conftest import NATIVE_TYPES
 from hf_transfer_cnn import FastOptions, TransferModel
-from hf_transfer_cnn.freezing import _FAST, _PREFIX, OneDNNGraph, build_inference_copy, is_inference_graph
+from hf_transfer_cnn.freezing import (_FAST, _PREFIX, OneDNNGraph, _freeze_graph, build_inference_copy,
+                                      is_inference_graph)
 
 BN_TYPES = ["resnet", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2"]
 
@@ -83,7 +84,18 @@ def test_whole_prefix_graph_follows_freeze_and_weights(tiny_checkpoints):
     assert model.__dict__[_PREFIX].key != key
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def _onednn_fuses() -> bool:
+    """Whether this torch build's oneDNN Graph fuses a conv + ReLU (not every build does, e.g. some aarch64 ones)."""
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        return isinstance(_freeze_graph(m, x[:2], x, m(x)), OneDNNGraph)
+
+
+requires_fusion = pytest.mark.skipif(not _onednn_fuses(), reason="this torch build's oneDNN Graph does not fuse")
+
+
+@requires_fusion
 def test_onednn_fused_prefix_matches_at_every_batch_size_and_restores_the_switch(tiny_checkpoints):
     """The default frozen graph is oneDNN-fused (conv + activation + add), reproduces the plain model at batch sizes it
     was not built for, and leaves torch's process-wide fusion switch as it found it; fuse=False gives the prepacked
@@ -107,13 +119,58 @@ def test_onednn_fused_prefix_matches_at_every_batch_size_and_restores_the_switch
     fused(x)  # the last TorchScript graph run: the fused prefix, with oneDNN fusion groups in its optimised plan
     assert "oneDNNFusionGroup" in str(torch._C._last_executed_optimized_graph())
     graph = prepacked.__dict__[_PREFIX].graph
-    assert isinstance(graph, torch.jit.ScriptModule) and not isinstance(graph, OneDNNGraph)
+    assert isinstance(graph, torch.jit.ScriptModule)
     torch.jit.enable_onednn_fusion(True)  # a user's own setting survives our calls
     try:
         fused(torch.randn(2, 3, 40, 40))
         assert torch.jit.onednn_fusion_enabled() is True
     finally:
         torch.jit.enable_onednn_fusion(False)
+
+
+@requires_fusion
+def test_fused_graph_checks_new_batch_sizes_and_falls_back_to_the_plain_module(tiny_checkpoints, caplog):
+    """oneDNN compiles kernels per batch size after the graph was verified; the first calls at each new size are
+    checked against the plain module, and a wrong or failing kernel makes the graph hand over to it for good."""
+    model = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2).eval()
+    reference = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2)
+    reference.load_state_dict(model.state_dict())
+    reference.freeze(2, fast=FastOptions(enabled=False))
+    reference.eval()
+    x = torch.randn(4, 3, 40, 40)
+    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+    graph = model.__dict__[_PREFIX].graph
+    assert isinstance(graph, OneDNNGraph) and graph.reference is not None and not graph.failed
+    for _ in range(OneDNNGraph.WARMUP):
+        model(x)
+    assert graph.checked[4] == OneDNNGraph.WARMUP  # checked calls at batch 4; later calls run unchecked
+
+    fused_module = graph.module
+
+    class WrongAtBatch6:  # a kernel that goes wrong only at a batch size the graph was never checked at
+        graph = fused_module.graph
+
+        def __call__(self, inp):
+            out = fused_module(inp)
+            return out * 1.01 if len(inp) == 6 else out
+
+    graph.module = WrongAtBatch6()
+    x6 = torch.randn(6, 3, 40, 40)
+    with caplog.at_level("WARNING", logger="hf_transfer_cnn.freezing"):
+        got = model(x6).logits
+    torch.testing.assert_close(got, reference(x6).logits, rtol=1e-4, atol=1e-5)  # the plain module's answer
+    assert graph.failed and "does not reproduce the module at batch size 6" in caplog.text
+    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+
+    def broken(inp):
+        raise RuntimeError("could not compile partition")
+
+    fresh = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2).eval()
+    fresh.load_state_dict(model.state_dict())
+    fresh(x)
+    fresh.__dict__[_PREFIX].graph.module = broken
+    torch.testing.assert_close(fresh(x6).logits, reference(x6).logits, rtol=1e-4, atol=1e-5)
+    assert fresh.__dict__[_PREFIX].graph.failed and "raised RuntimeError" in caplog.text
 
 
 def test_unfreeze_drops_copies_and_refreeze_rebuilds(tiny_checkpoints):
