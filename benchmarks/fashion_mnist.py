@@ -271,9 +271,10 @@ class Bench:
                                               image_size=self.args.image_size, trainable_stages=trainable_stages)
         return set_bn_momentum(model, self.args.bn_momentum)
 
-    def transforms(self, model, augment):
+    def transforms(self, model, augment, erasing=0.0):
         proc = square_processor(model.image_processor, self.args.image_size)
-        return build_transforms(proc, model.num_input_channels, augment=augment, crop_scale=CROP_SCALE)
+        return build_transforms(proc, model.num_input_channels, augment=augment, crop_scale=CROP_SCALE,
+                                random_erasing=erasing)
 
     def epochs(self, strategy, size):
         if size == "full" and self.args.full_epochs is not None:
@@ -286,6 +287,8 @@ class Bench:
         per_class = None if size == "full" else size
         images, labels = self.subset(per_class)
         recipe = dict(RECIPES[strategy])
+        if self.args.random_erasing and recipe["augment"]:  # part of the recipe (and so of its checkpoint hash)
+            recipe["random_erasing"] = self.args.random_erasing
         epochs = self.epochs(strategy, size)
         batch = batch_size_for(len(images))
         steps = math.ceil(len(images) / batch) * epochs
@@ -293,7 +296,8 @@ class Bench:
         row = dict(strategy=strategy, images_per_class=size, train_images=int(len(images)), epochs=epochs,
                    batch_size=batch, optimizer_steps=steps, lr=recipe["lr"], weight_decay=recipe["weight_decay"],
                    warmup_fraction=recipe["warmup"], augment=bool(recipe["augment"]),
-                   crop_scale=list(CROP_SCALE) if recipe["augment"] else None)
+                   crop_scale=list(CROP_SCALE) if recipe["augment"] else None,
+                   random_erasing=recipe.get("random_erasing", 0.0))
         train_ds = self.full_train_dataset() if per_class is None else make_dataset(images, labels)
         with Stopwatch() as total:
             getattr(self, f"_row_{strategy}")(row, recipe, train_ds, epochs, batch, steps)
@@ -345,7 +349,8 @@ class Bench:
                         overwrite=True)
         model = TransferModel.from_pretrained(path, trainable_stages="all")
         model.config.id2label, model.config.label2id = ID2LABEL, {v: k for k, v in ID2LABEL.items()}
-        train_tf, eval_tf = build_transforms(model.image_processor, 1, augment=recipe["augment"], crop_scale=CROP_SCALE)
+        train_tf, eval_tf = build_transforms(model.image_processor, 1, augment=recipe["augment"], crop_scale=CROP_SCALE,
+                                             random_erasing=recipe.get("random_erasing", 0.0))
         row.update(model="lenet5 (random init, tanh, avg-pool)", input="1x28x28 (native)",
                    parameters=sum(p.numel() for p in model.parameters()))
         x = self.test_tensors("lenet28", eval_tf)
@@ -376,7 +381,7 @@ class Bench:
         if decay:  # discriminative LR: FreezeScheduler with a one-phase schedule (the product's fine_tuning strategy)
             callbacks = [FreezeScheduler(schedule=[(0, stages)], stage_lr_decay=decay)]
             row["stage_lr_decay"] = decay
-        train_tf, eval_tf = self.transforms(model, recipe["augment"])
+        train_tf, eval_tf = self.transforms(model, recipe["augment"], recipe.get("random_erasing", 0.0))
         x = self.test_tensors("mnv2", eval_tf)
         self._train(model, with_transforms(ds, train_tf), row, recipe, epochs, batch, callbacks=callbacks, eval_x=x)
         self._evaluate(row, model, x, fast=True)
@@ -389,7 +394,7 @@ class Bench:
         at = max(1, int(round(recipe["unfreeze_fraction"] * steps)))
         row.update(unfreeze_at_step=at, num_stages=recipe["num_stages"], lr_factor=recipe["lr_factor"])
         sched = FreezeScheduler(unfreeze_at_step=at, num_stages=recipe["num_stages"], lr_factor=recipe["lr_factor"])
-        train_tf, eval_tf = self.transforms(model, recipe["augment"])
+        train_tf, eval_tf = self.transforms(model, recipe["augment"], recipe.get("random_erasing", 0.0))
         x = self.test_tensors("mnv2", eval_tf)
         self._train(model, with_transforms(ds, train_tf), row, recipe, epochs, batch, callbacks=[sched], eval_x=x)
         self._evaluate(row, model, x, fast=True)
@@ -671,6 +676,9 @@ def main(argv=None):
                     help="save a Trainer checkpoint after every epoch (the last one kept) under --workdir/checkpoints, "
                          "one directory per row and setting, and resume from it when the same command runs again: "
                          "a long --full run can be split across interruptions")
+    ap.add_argument("--random-erasing", type=float, default=0.0,
+                    help="RandomErasing probability for every augmenting row (default 0 = off; the recorded table "
+                         "has it off); part of the recipe, so of a --checkpoint directory's hash")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-per-class", type=int, default=None,
                     help="score on a seeded class-balanced test subset of this many per class (default: all 10k)")
@@ -703,6 +711,8 @@ def main(argv=None):
         return None
     if args.full_epochs is not None and args.full_epochs < 1:
         ap.error(f"--full-epochs {args.full_epochs}: use a positive number of epochs")
+    if not 0.0 <= args.random_erasing <= 1.0:
+        ap.error(f"--random-erasing {args.random_erasing}: use a probability in [0, 1]")
     if args.epochs and len(args.epochs) not in (1, len(args.per_class)):
         ap.error("--epochs takes one value or one per --per-class size")
     for item in args.ttt_gradual:

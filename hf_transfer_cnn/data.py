@@ -139,15 +139,25 @@ class TransformArguments:
     crop_scale_min: float = field(default=0.08, metadata={"help": (
         "Lower bound of the area fraction RandomResizedCrop keeps (upper bound 1.0).")})
     horizontal_flip: bool = field(default=True, metadata={"help": "Random horizontal flips when augmenting."})
+    random_erasing: float = field(default=0.0, metadata={"help": (
+        "Probability of erasing one random rectangle (2-33 %% of the image) of each training image to the "
+        "channel mean, after normalisation (Zhong et al.'s Random Erasing); 0 = off.")})
 
     def __post_init__(self):
         if not 0.0 < self.crop_scale_min <= 1.0:
             raise ValueError(f"crop_scale_min={self.crop_scale_min}; use a fraction in (0, 1].")
+        _check_probability("random_erasing", self.random_erasing)
 
     def to_kwargs(self) -> dict:
         """Keyword arguments for `build_transforms`."""
         return {"mean": self.image_mean, "std": self.image_std, "augment": self.augment,
-                "crop_scale": (self.crop_scale_min, 1.0), "horizontal_flip": self.horizontal_flip}
+                "crop_scale": (self.crop_scale_min, 1.0), "horizontal_flip": self.horizontal_flip,
+                "random_erasing": self.random_erasing}
+
+
+def _check_probability(name: str, p: Any) -> None:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name}={p!r}; use a probability in [0, 1] (0 turns it off).")
 
 
 # --- decoding ---------------------------------------------------------------------------------------
@@ -371,11 +381,13 @@ def build_transforms(
     augment: bool = True,
     crop_scale: tuple[float, float] = (0.08, 1.0),
     horizontal_flip: bool = True,
+    random_erasing: float = 0.0,
 ) -> tuple[ImageTransform, ImageTransform]:
     """``(train_tf, eval_tf)`` for a model's image processor (e.g. ``model.image_processor``).
 
     eval: Resize + CenterCrop as `processor_sizes` describes; train: RandomResizedCrop(crop, crop_scale) +
-    RandomHorizontalFlip. Both then scale to the processor's rescale factor (1/255) and normalise with its
+    RandomHorizontalFlip (+ RandomErasing with probability `random_erasing`, after normalising, so an erased
+    rectangle holds the channel mean). Both then scale to the processor's rescale factor (1/255) and normalise with its
     mean/std adapted to `num_channels` (RGB stats averaged for gray) unless `mean`/`std` are given.
     ``augment=False`` returns the eval transform for training too (deterministic; for feature caching).
     """
@@ -404,13 +416,15 @@ def build_transforms(
         [v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(crop_hw), *normalize]), train=False)
     if not augment:
         return eval_tf, eval_tf
+    _check_probability("random_erasing", random_erasing)
     lo, hi = crop_scale
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"crop_scale={crop_scale}; use 0 < min <= max <= 1.")
     train_steps = [v2.ToImage(), v2.RandomResizedCrop(crop_hw, scale=(lo, hi), antialias=True)]
     if horizontal_flip:
         train_steps.append(v2.RandomHorizontalFlip())
-    return ImageTransform(num_channels, v2.Compose([*train_steps, *normalize]), train=True), eval_tf
+    erase = [v2.RandomErasing(p=random_erasing, value=0.0)] if random_erasing > 0 else []
+    return ImageTransform(num_channels, v2.Compose([*train_steps, *normalize, *erase]), train=True), eval_tf
 
 
 class _BatchTransform:

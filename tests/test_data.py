@@ -292,6 +292,36 @@ def test_transforms_random_vs_deterministic():
     assert torch.allclose(eval_tf(Image.new("L", (20, 20), 51)), torch.full((1, 32, 32), 0.2))
 
 
+def test_random_erasing():
+    """RandomErasing runs after normalising: an erased rectangle holds exactly 0 (= the channel mean) in every
+    channel, the rest equals the same crop without erasing; eval never erases; bad probabilities are refused."""
+    img = Image.new("RGB", (32, 32), RGB_CONST)  # normalises to values far from 0 in every channel
+    kw = dict(crop_scale=(1.0, 1.0), horizontal_flip=False)
+    plain, _ = build_transforms(_processor(), 3, **kw)
+    train_tf, eval_tf = build_transforms(_processor(), 3, random_erasing=1.0, **kw)
+    ref = plain(img)
+    assert (ref.abs() > 0.1).all()
+    torch.manual_seed(0)
+    for _ in range(5):
+        x = train_tf(img)
+        erased = (x == 0).all(0)
+        frac = erased.float().mean().item()
+        assert 0.02 * 0.9 <= frac <= 0.33 * 1.1  # one rectangle of 2-33 % of the area (RandomErasing's default)
+        rows, cols = erased.any(1).nonzero().flatten(), erased.any(0).nonzero().flatten()
+        assert erased[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # a filled rectangle
+        assert torch.equal(x[:, ~erased], ref[:, ~erased])
+    assert torch.equal(eval_tf(img), ref)
+    never, _ = build_transforms(_processor(), 3, random_erasing=0.0, **kw)
+    assert torch.equal(never(img), ref)
+    targs = TransformArguments(random_erasing=0.25)
+    assert targs.to_kwargs()["random_erasing"] == 0.25
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="random_erasing.*probability in \\[0, 1\\]"):
+            build_transforms(_processor(), 3, random_erasing=bad)
+        with pytest.raises(ValueError, match="random_erasing"):
+            TransformArguments(random_erasing=bad)
+
+
 def test_collate_fn():
     rows = [{"pixel_values": torch.zeros(2, 8, 8), "labels": i} for i in range(3)]
     batch = collate_fn(rows)
@@ -304,9 +334,9 @@ def test_hf_argument_parser():
 
     data, tfm = HfArgumentParser((DataArguments, TransformArguments)).parse_args_into_dataclasses(
         ["--train_dir", "x", "--train_val_split", "0.2", "--on_bad_image", "error", "--image_mean", "0.1", "0.2",
-         "0.3", "--no_augment", "--max_train_samples", "5"])
+         "0.3", "--no_augment", "--max_train_samples", "5", "--random_erasing", "0.5"])
     assert (data.train_dir, data.train_val_split, data.on_bad_image, data.max_train_samples) == ("x", 0.2, "error", 5)
-    assert tfm.image_mean == [0.1, 0.2, 0.3] and tfm.augment is False
+    assert tfm.image_mean == [0.1, 0.2, 0.3] and tfm.augment is False and tfm.random_erasing == 0.5
 
 
 def test_idx_round_trip_and_fashion_mnist_export(tmp_path):
