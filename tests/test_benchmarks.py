@@ -102,6 +102,12 @@ def test_full_epochs_must_be_positive(fm, capsys):
     assert "--full-epochs 0: use a positive number of epochs" in capsys.readouterr().err
 
 
+def test_random_erasing_must_be_a_probability(fm, capsys):
+    with pytest.raises(SystemExit):
+        fm.main(["--per-class", "--ttt", "none", "--random-erasing", "1.5"])
+    assert "--random-erasing 1.5: use a probability in [0, 1]" in capsys.readouterr().err
+
+
 class _MirrorSensitive(__import__("torch").nn.Module):
     """Logits = (left-half mean, right-half mean, 0) per image: a mirror swaps the first two classes."""
 
@@ -206,9 +212,9 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(fm, tmp_path, monkeypat
     monkeypatch.setattr(fm, "RESULTS", tmp_path / "results")
     data = _tiny_fashion_idx(tmp_path / "idx")
 
-    def run(workdir):
+    def run(workdir, *extra):
         out = fm.main(["--per-class", "10", "--strategies", "lenet5", "--epochs", "3", "--checkpoint", "--ttt", "none",
-                       "--epoch-curve", "--data-dir", str(data), "--workdir", str(workdir)])
+                       "--epoch-curve", "--data-dir", str(data), "--workdir", str(workdir), *extra])
         return out["rows"][0]
 
     def final_weights(workdir):
@@ -244,3 +250,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(fm, tmp_path, monkeypat
     monkeypatch.setitem(fm.RECIPES, "lenet5", {**fm.RECIPES["lenet5"], "lr": fm.RECIPES["lenet5"]["lr"] / 2})
     assert run(tmp_path / "b")["resumed_from"] is None
     assert len(list((tmp_path / "b" / "checkpoints").glob("lenet5-10-*"))) == 2
+    # so does the same recipe with Random Erasing switched on (it is part of the recipe)
+    erased = run(tmp_path / "b", "--random-erasing", "0.5")
+    assert erased["resumed_from"] is None and erased["random_erasing"] == 0.5
+    assert len(list((tmp_path / "b" / "checkpoints").glob("lenet5-10-*"))) == 3
