@@ -60,6 +60,10 @@ class ModelArguments:
                 "model); a dataset with a different class count is an error."})
     evaluate_before_training: bool = field(default=True, metadata={
         "help": "Evaluate once before training (the 'before' column of the results)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start afresh in an output_dir that holds an earlier run's checkpoints (they are rotated away and its "
+                "outputs replaced). Without it such a run is refused: resume it (resume_from_checkpoint: last) or "
+                "pick a new output_dir."})
     model_revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one / HF_TOKEN)."})
 
@@ -174,6 +178,32 @@ def _with_stats(processor, transform_args, num_channels: int):
     return type(processor).from_dict(d)
 
 
+def _resume_point(training_args, overwrite: bool) -> str | None:
+    """The checkpoint to resume from. ``resume_from_checkpoint: last`` (or ``true``) means the newest one in
+    output_dir. Starting fresh where an earlier run left checkpoints is refused unless `overwrite`: its first save
+    would rotate them away (save_total_limit) and its outputs would replace the earlier run's."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(training_args.output_dir)
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    wanted = training_args.resume_from_checkpoint
+    if isinstance(wanted, str) and wanted.strip().lower() in ("last", "true"):
+        if last is None:
+            raise ValueError(f"resume_from_checkpoint={wanted!r}: {out} holds no checkpoint-* directory to resume. "
+                             "Drop resume_from_checkpoint to start a new run, or point it at a checkpoint directory.")
+        return last
+    if wanted or last is None:
+        return wanted or None
+    if not overwrite:
+        raise ValueError(
+            f"output_dir {out} already holds checkpoints of an earlier run (latest: {Path(last).name}). "
+            f"Continue that run with --resume_from_checkpoint last, choose a new --output_dir, or pass "
+            f"--overwrite_output_dir true to start afresh there (its checkpoints will be rotated away).")
+    logger.warning("overwrite_output_dir: starting afresh in %s; the earlier run's checkpoints (latest %s) will be "
+                   "rotated away and its outputs replaced.", out, Path(last).name)
+    return None
+
+
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform_args: TransformArguments,
                  training_args) -> dict[str, Any]:
     """Train, evaluate and write the output directory; returns the results written to all_results.json."""
@@ -188,6 +218,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     if training_args.remove_unused_columns:
         training_args.remove_unused_columns = False  # images are decoded on the fly from the raw column
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the finished folder ourselves
+    resume = _resume_point(training_args, model_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
     expected = {i: n.strip() for i, n in enumerate(model_args.expected_label_names.split(","))} if model_args.expected_label_names else None
@@ -229,7 +260,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
                       callbacks=[scheduler] if scheduler is not None else None)
     before = trainer.evaluate(metric_key_prefix="before") if eval_ds is not None and \
         model_args.evaluate_before_training else {}
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     results: dict[str, Any] = {**train_result.metrics, **before}
     pred = trainer.predict(eval_ds, metric_key_prefix="eval") if eval_ds is not None else None

@@ -178,6 +178,40 @@ def test_recipe_bad_inputs(tiny_checkpoints, color_folder, tmp_path):
                                                 "true", "--strategy", "full"]))
 
 
+def test_rerun_never_loses_an_earlier_runs_checkpoint(tiny_checkpoints, color_folder, tmp_path):
+    """Re-running into an output_dir that holds checkpoints is refused (nothing there changes) until the user says
+    resume (``resume_from_checkpoint last``: the run continues from the saved state) or overwrite."""
+    out = tmp_path / "run"
+    base = ["--model_name_or_path", tiny_checkpoints["resnet"], "--train_dir", str(color_folder / "train"),
+            "--validation_dir", str(color_folder / "validation"), "--output_dir", str(out), "--use_cpu",
+            "--report_to", "none", "--image_size", "32", "--per_device_train_batch_size", "8", "--strategy", "full",
+            "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "1", "--logging_steps", "1",
+            "--evaluate_before_training", "false"]
+
+    def losses(ckpt):  # training loss logged at each step, from a checkpoint's trainer state
+        state = json.loads((out / ckpt / "trainer_state.json").read_text())
+        return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
+
+    first = run_finetune(*parse_recipe_args(base + ["--max_steps", "4"]))
+    assert first["train_steps"] == 4 and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4"]
+    earlier, before = losses("checkpoint-4"), _digest(out)
+    with pytest.raises(ValueError, match=r"already holds checkpoints .*checkpoint-4.*--resume_from_checkpoint last"):
+        run_finetune(*parse_recipe_args(base + ["--max_steps", "6"]))
+    assert _digest(out) == before  # refused before anything was written
+    # resumed: steps 1-4 are the earlier run's (a fresh run with seed 1 would have other losses), then 5 and 6
+    resumed = run_finetune(*parse_recipe_args(base + ["--max_steps", "6", "--seed", "1", "--resume_from_checkpoint",
+                                                      "last"]))
+    assert resumed["train_steps"] == 6 and sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]
+    after = losses("checkpoint-6")
+    assert sorted(after) == [1, 2, 3, 4, 5, 6] and all(after[k] == earlier[k] for k in earlier)
+    fresh = run_finetune(*parse_recipe_args(base + ["--max_steps", "2", "--seed", "1", "--overwrite_output_dir",
+                                                    "true"]))
+    assert fresh["train_steps"] == 2 and losses("checkpoint-2")[1] != earlier[1]
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        run_finetune(*parse_recipe_args(base + ["--output_dir", str(tmp_path / "new"), "--max_steps", "2",
+                                                "--resume_from_checkpoint", "last"]))
+
+
 def test_every_shipped_recipe_parses():
     recipes = sorted((REPO / "recipes").glob("*.yaml"))
     assert {p.stem for p in recipes} >= {"quickstart", "feature_extraction", "fine_tuning", "gradual", "full",
