@@ -851,9 +851,27 @@ def load_image_classification_data(args: Any = None, *, expected_labels: dict | 
     train = _drop_unreadable(train, img, args.train_split_name, args.on_bad_image, args.preprocessing_num_workers)
     if evaluation is not None:
         evaluation = _drop_unreadable(evaluation, img, eval_name, args.on_bad_image, args.preprocessing_num_workers)
+    _check_class_coverage(train, evaluation, col, id2label, eval_name)
     logger.info("Loaded %s: %d training and %s evaluation examples, %d classes.", desc, len(train),
                 len(evaluation) if evaluation is not None else "no", len(id2label))
     return train, evaluation, id2label
+
+
+def _check_class_coverage(train, evaluation, col: str, id2label: dict, eval_name: str | None) -> None:
+    """Every evaluated class needs training images (else its accuracy is 0 by construction: typically a class
+    folder only in validation_dir, or a training subsample too small); classes with none at all get a warning."""
+    counts = np.bincount(_column_values(train, col), minlength=len(id2label))
+    seen = set(np.unique(_column_values(evaluation, col)).tolist()) if evaluation is not None else set()
+    untrained = [id2label[i] for i in sorted(seen) if counts[i] == 0]
+    if untrained:
+        raise ValueError(f"The evaluation set ({eval_name}) has class(es) {untrained[:20]} with no training images "
+                         f"(training images per class: {dict(zip(id2label.values(), counts.tolist()))}). Give every "
+                         "evaluated class training images (e.g. a larger max_train_samples), or drop those classes "
+                         "from the evaluation data.")
+    empty = [id2label[i] for i in range(len(id2label)) if counts[i] == 0]
+    if empty:
+        logger.warning("%d class(es) have no training images: %s (the head still predicts them; integer labels "
+                       "that start at 1 leave class 0 empty).", len(empty), empty[:20])
 
 
 # --- writing image folders; IDX (MNIST-style) files ---------------------------------------------------

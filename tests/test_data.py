@@ -263,6 +263,33 @@ def test_train_dir_with_validation_dir(tmp_path, mixed_folder):
     assert (len(train), len(evaluation), id2label) == (10, 2, {0: "a", 1: "b"})
 
 
+def test_evaluated_classes_need_training_images(tmp_path, caplog):
+    """A class folder only in validation_dir (the two folders are loaded together, so it joins the label set) or an
+    integer label only in the evaluation set is an error; a class with no images anywhere (1-based integer labels)
+    gets a warning."""
+    for split, classes in (("train", ("cat", "dog")), ("val", ("bird", "cat", "dog"))):
+        for cls in classes:
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (i, 2, 3)).save(tmp_path / split / cls / f"{i}.png")
+    with pytest.raises(ValueError, match=r"class\(es\) \['bird'\] with no training images.*'bird': 0, 'cat': 2"):
+        _load(tmp_path, train_dir=str(tmp_path / "train"), validation_dir=str(tmp_path / "val"))
+    images = [Image.new("L", (4, 4), i) for i in range(6)]
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": images[:4], "label": [1, 2, 1, 2]}, features=feats),
+                          "test": datasets.Dataset.from_dict({"image": images[4:], "label": [1, 3]}, features=feats)}
+                         ).save_to_disk(str(tmp_path / "ints"))
+    with pytest.raises(ValueError, match=r"class\(es\) \['3'\] with no training images"):
+        load_image_classification_data(dataset_name=str(tmp_path / "ints"), eval_split_name="test")
+    datasets.Dataset.from_dict({"image": images[:4], "label": [1, 2, 1, 2]}, features=feats).save_to_disk(
+        str(tmp_path / "ints_train"))
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.data"):
+        train, evaluation, id2label = load_image_classification_data(dataset_name=str(tmp_path / "ints_train"),
+                                                                     train_val_split=0)
+    assert evaluation is None and id2label == {0: "0", 1: "1", 2: "2"}
+    assert "1 class(es) have no training images: ['0']" in caplog.text
+
+
 def test_processor_sizes():
     from transformers import BitImageProcessor, EfficientNetImageProcessor
 
