@@ -222,6 +222,42 @@ def test_every_shipped_recipe_parses():
         assert data_args.dataset_name or data_args.train_dir
 
 
+BEANS_TRAIN_IMAGES = 1034  # AI-Lab-Makerere/beans: train 1034, validation 133, test 128
+
+
+def test_beans_recipes_load_beans_columns_and_reach_every_phase(tmp_path):
+    """The Hub-dataset recipes read beans' columns (image_file_path, image, labels), checked on a local stand-in
+    with the same features, and every phase of a gradual schedule starts before its run ends on beans."""
+    import datasets
+
+    from hf_transfer_cnn.data import load_image_classification_data
+    from hf_transfer_cnn.finetune import _parse_schedule, _total_steps, build_freeze_plan
+
+    names = ["angular_leaf_spot", "bean_rust", "healthy"]
+    feats = datasets.Features({"image_file_path": datasets.Value("string"), "image": datasets.Image(),
+                               "labels": datasets.ClassLabel(names=names)})
+
+    def split(n):
+        return datasets.Dataset.from_dict({"image_file_path": [f"{i}.jpg" for i in range(n)],
+                                           "image": [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(n)],
+                                           "labels": [i % 3 for i in range(n)]}, features=feats)
+
+    stand_in = tmp_path / "beans"
+    datasets.DatasetDict({"train": split(9), "validation": split(6), "test": split(3)}).save_to_disk(str(stand_in))
+    beans = [p for p in sorted((REPO / "recipes").glob("*.yaml")) if "beans" in p.read_text()]
+    assert len(beans) == 5
+    for path in beans:
+        model_args, data_args, _, training_args = parse_recipe_args(["--config", str(path)])
+        assert data_args.dataset_name == "AI-Lab-Makerere/beans"
+        data_args.dataset_name = str(stand_in)
+        train, evaluation, id2label = load_image_classification_data(data_args)
+        assert (len(train), len(evaluation), list(id2label.values())) == (9, 6, names)
+        total = _total_steps(training_args, BEANS_TRAIN_IMAGES)
+        build_freeze_plan(model_args, total)  # the strategy builds
+        if model_args.schedule:
+            assert all(step < total for step, _ in _parse_schedule(model_args.schedule)), (path.name, total)
+
+
 def _digest(folder: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
