@@ -12,7 +12,9 @@ How it stays correct:
   so they get no gradient until their step; stages it never unfreezes are left out entirely.
 * Everything is a pure function of ``state.global_step`` (optimizer steps, so gradient accumulation is
   accounted for): which stages train, and the lr factor, which is folded into the LR scheduler's
-  lambdas. A resumed run, and every DDP rank, computes exactly what the uninterrupted run did.
+  lambdas. The factor is keyed on that optimizer step, not on the scheduler's own count (which lags it
+  when fp16 skips a step, and which Accelerate advances ``num_processes`` times per step). A resumed
+  run, and every DDP rank, computes exactly what the uninterrupted run did.
 * ``stage_lr_decay`` uses `StageLrMultipliers` (no new param groups, same optimizer layout on resume).
 """
 
@@ -28,7 +30,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .freezing import apply_freeze, resolve_trainable_stages, units_for
-from .optim import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer, unwrap_scheduler
+from .optim import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +48,9 @@ class FreezeScheduler(TrainerCallback):
         schedule: multi-phase form ``[(step, stages), ...]``, e.g. ``[(0, 0), (500, 2), (1500, "all")]``.
         unfreeze_at_epoch: like `unfreeze_at_step`, in epochs (converted to a step at train begin).
         lr_factor: from the first step at which a backbone stage trains, every learning rate is ``lr_factor`` × the
-            scheduler's value.
+            scheduler's value. Applied through a `LambdaLR`-based scheduler, so ``lr_factor != 1`` needs one.
         stage_lr_decay: discriminative LR: the top trainable stage gets ``stage_lr_decay`` × the head's LR,
-            and each lower trainable stage ``stage_lr_decay`` × the one above.
+            and each lower trainable stage ``stage_lr_decay`` × the one above. Needs the optimizer, not a scheduler.
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class FreezeScheduler(TrainerCallback):
         self._current: int | None = None
         self._multipliers: StageLrMultipliers | None = None
         self._scheduler = None
-        self._offset = 0
+        self._step = 0  # the optimizer step whose lr factor the scheduler's lambdas apply
 
     # -- library API (also used by plain Accelerate loops) -------------------------------------------------
 
@@ -128,12 +130,24 @@ class FreezeScheduler(TrainerCallback):
                steps_per_epoch: int | None = None, global_step: int = 0) -> None:
         """Validate against the optimizer/scheduler, fold ``lr_factor`` into the scheduler, apply ``global_step``.
 
-        Call after the optimizer and scheduler exist (and after loading a checkpoint when resuming).
+        Call after the optimizer and scheduler exist (after ``accelerator.prepare``; when resuming, after loading
+        the checkpoint, with ``global_step`` the optimizer step to continue from). ``lr_factor != 1`` needs
+        `lr_scheduler` (`LambdaLR`-based; for a constant LR use ``LambdaLR(optimizer, lambda step: 1.0)``) and
+        ``stage_lr_decay`` needs `optimizer`; either missing raises a ValueError rather than being ignored.
+        The factor follows the optimizer step given here and to `update`, however often the scheduler is stepped.
         """
         if self._model is None:
             raise RuntimeError("Call FreezeScheduler.prepare_model(model) before attach().")
         if self._epoch_trigger is not None and not steps_per_epoch:
             raise ValueError("unfreeze_at_epoch needs steps_per_epoch (optimizer steps per epoch).")
+        if self.lr_factor != 1.0 and lr_scheduler is None:
+            raise ValueError(
+                f"lr_factor={self.lr_factor:g} is applied through the LR scheduler, but attach() got none. Pass "
+                "lr_scheduler=... (for a constant learning rate: torch.optim.lr_scheduler.LambdaLR(optimizer, "
+                "lambda step: 1.0)), or use lr_factor=1.0."
+            )
+        if self.stage_lr_decay is not None and self.stage_lr_decay != 1.0 and optimizer is None:
+            raise ValueError(f"stage_lr_decay={self.stage_lr_decay:g} needs the optimizer: attach(optimizer, ...).")
         self.steps = self._resolve_steps(steps_per_epoch)
         if optimizer is not None:
             self._check_optimizer(optimizer)
@@ -142,11 +156,11 @@ class FreezeScheduler(TrainerCallback):
             if late:
                 logger.warning("FreezeScheduler: unfreeze step(s) %s are at or after max_steps=%d and will never "
                                "happen; lower them or raise max_steps.", late, max_steps)
-        if lr_scheduler is not None and self.lr_factor != 1.0:
-            self._scheduler = unwrap_scheduler(lr_scheduler)
-            self._offset = global_step - getattr(self._scheduler, "last_epoch", global_step)
-            scale_lr_schedule(lr_scheduler, self._scheduled_factor)
-        if self.stage_lr_decay is not None and self.stage_lr_decay != 1.0 and optimizer is not None:
+        self._step = global_step
+        self._scheduler = None
+        if self.lr_factor != 1.0:
+            self._scheduler = scale_lr_schedule(lr_scheduler, self._scheduled_factor)
+        if self.stage_lr_decay is not None and self.stage_lr_decay != 1.0:
             if self._multipliers is not None:
                 self._multipliers.remove()
             self._multipliers = StageLrMultipliers(optimizer, self._stage_multipliers)
@@ -154,7 +168,7 @@ class FreezeScheduler(TrainerCallback):
         self._apply(global_step, force=True)
 
     def update(self, global_step: int) -> bool:
-        """Apply the phase for `global_step` (call once per optimizer step, before its forward).
+        """Apply the phase and lr factor for `global_step` (call once per optimizer step, before its forward).
 
         Returns True when the set of trainable stages changed.
         """
@@ -192,9 +206,17 @@ class FreezeScheduler(TrainerCallback):
         return out
 
     def _scheduled_factor(self, scheduler_step: int) -> float:
-        # The scheduler's own count lags the optimizer step when fp16 skips steps (Trainer then skips
-        # scheduler.step()); the factor follows the optimizer step, like the stages do.
-        return self.lr_factor_at(scheduler_step + self._offset)
+        # Not keyed on the scheduler's count: it lags the optimizer step when fp16 skips steps (no
+        # scheduler.step() then), and Accelerate's scheduler wrapper steps it num_processes times per
+        # optimizer step. The factor follows the optimizer step, like the stages do (see `_set_step`).
+        return self.lr_factor_at(self._step)
+
+    def _set_step(self, step: int) -> None:
+        """Record the current optimizer step; re-sync the scheduler's lr when its factor changes."""
+        before = self.lr_factor_at(self._step)
+        self._step = step
+        if self._scheduler is not None and self.lr_factor_at(step) != before:
+            scale_lr_schedule(self._scheduler, self._scheduled_factor)  # lr = base * lambda(last_epoch), as stepped
 
     def lr_factor_at(self, step: int) -> float:
         first = self.first_unfreeze_step
@@ -207,6 +229,7 @@ class FreezeScheduler(TrainerCallback):
                 for depth, u in enumerate(reversed(units), start=1)]
 
     def _apply(self, step: int, force: bool = False) -> bool:
+        self._set_step(step)
         phase = max(self.phase_at(step), 0)
         if phase == self._current and not force:
             return False
@@ -268,11 +291,7 @@ class FreezeScheduler(TrainerCallback):
         self._apply(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):
-        self._apply(state.global_step)
-        sched = self._scheduler
-        if sched is not None and state.global_step - sched.last_epoch != self._offset:  # a skipped (fp16) step
-            self._offset = state.global_step - sched.last_epoch
-            scale_lr_schedule(sched, self._scheduled_factor)  # re-sync the lr of the next step
+        self._apply(state.global_step)  # also sets the lr factor of the next update
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         """Annotate training logs with the phase of the optimizer step they describe."""

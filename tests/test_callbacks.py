@@ -242,6 +242,104 @@ def test_plain_accelerate_loop(tiny_checkpoints):
     assert lrs == pytest.approx([1e-2, 0.75e-2, 0.1 * 0.5e-2, 0.1 * 0.25e-2])
 
 
+def _accelerate_lr_run(ckpt, start=0, stop=8, state=None):
+    """The README's plain Accelerate loop on optimizer steps [start, stop); returns (lr used per step, saved state)."""
+    from accelerate import Accelerator
+
+    model = T.AutoModelForImageClassification.from_pretrained(ckpt)
+    fs = FreezeScheduler(unfreeze_at_step=4, num_stages=1, lr_factor=0.1)
+    fs.prepare_model(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    sched = T.get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=16)
+    accelerator = Accelerator(cpu=True)
+    model, opt, sched = accelerator.prepare(model, opt, sched)
+    if state is not None:  # resuming: load the checkpoint, then attach at the step to continue from
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+    fs.attach(opt, sched, max_steps=8, global_step=start)
+    data = Data(n=2)
+    batch = {"pixel_values": data.x, "labels": data.y}
+    lrs = {}
+    for step in range(start, stop):
+        fs.update(step)
+        accelerator.backward(model(**batch).loss)
+        lrs[step] = [g["lr"] for g in opt.param_groups]
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    return lrs, {"opt": opt.state_dict(), "sched": sched.state_dict()}
+
+
+@pytest.mark.parametrize("num_processes", [1, 2])
+def test_plain_accelerate_loop_lr_follows_optimizer_steps(tiny_checkpoints, monkeypatch, num_processes):
+    """Under `accelerate launch --num_processes N` Accelerate steps the torch scheduler N times per optimizer step
+    (split_batches=False). The lr factor must still switch at the unfreeze step, also after resuming."""
+    import accelerate.scheduler
+
+    class FakeState:  # what N processes look like to AcceleratedScheduler (the only place that reads it)
+        pass
+
+    FakeState.num_processes = num_processes
+    monkeypatch.setattr(accelerate.scheduler, "AcceleratorState", FakeState)
+    from accelerate import Accelerator
+
+    # The reference: the same HF scheduler, unmodified, stepped by the same Accelerate wrapper.
+    dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    dummy, ref = Accelerator(cpu=True).prepare(dummy, T.get_scheduler("linear", dummy, num_warmup_steps=0,
+                                                                    num_training_steps=16))
+    reference = []
+    for _ in range(8):
+        reference.append(ref.get_last_lr()[0])
+        dummy.step()
+        ref.step()
+    assert reference == pytest.approx([1 - num_processes * s / 16 for s in range(8)], rel=1e-9)  # N steps per step
+    expected = [reference[s] * (0.1 if s >= 4 else 1.0) for s in range(8)]
+
+    ckpt = tiny_checkpoints["resnet"]
+    full, _ = _accelerate_lr_run(ckpt)
+    for step in range(8):
+        assert full[step] == pytest.approx([expected[step]] * len(full[step]), rel=1e-9, abs=1e-15), step
+    for resume_at in (2, 6):  # a checkpoint saved before / after the unfreeze at step 4
+        _, state = _accelerate_lr_run(ckpt, stop=resume_at)
+        resumed, _ = _accelerate_lr_run(ckpt, start=resume_at, state=state)
+        for step in range(resume_at, 8):
+            assert resumed[step] == pytest.approx(full[step], rel=1e-9, abs=1e-15), (resume_at, step)
+
+
+def test_lr_factor_without_scheduler_is_refused(tiny_checkpoints):
+    """attach(optimizer) alone cannot apply lr_factor: a clear error; the suggested constant LambdaLR works."""
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    fs = FreezeScheduler(unfreeze_at_step=2, num_stages=1, lr_factor=0.1)
+    fs.prepare_model(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    with pytest.raises(ValueError, match=r"lr_factor=0.1 .*LambdaLR\(optimizer, lambda step: 1.0\)"):
+        fs.attach(opt, max_steps=4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    fs.attach(opt, sched, max_steps=4)
+    lrs = []
+    for step in range(4):
+        fs.update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1.0, 1.0, 0.1, 0.1], rel=1e-9)
+
+    # stage_lr_decay works on the optimizer alone (no scheduler needed), but not without the optimizer.
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    fs = FreezeScheduler(unfreeze_at_step=0, num_stages=1, stage_lr_decay=0.5)
+    fs.prepare_model(model)
+    with pytest.raises(ValueError, match="stage_lr_decay=0.5 needs the optimizer"):
+        fs.attach(None, max_steps=4)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    fs.attach(opt, max_steps=4)
+    top = list(units_for(model)[-1].parameters())
+    data = Data(n=2)
+    model(pixel_values=data.x, labels=data.y).loss.backward()
+    before, grad = flat(top), torch.cat([p.grad.reshape(-1) for p in top])
+    opt.step()
+    torch.testing.assert_close(flat(top) - before, -0.5 * grad, rtol=1e-4, atol=1e-7)
+
+
 def test_ddp_two_processes(tiny_checkpoints, tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU): ranks agree, the stage trained, frozen stages untouched."""
     from safetensors.torch import load_file
