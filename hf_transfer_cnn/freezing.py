@@ -10,13 +10,16 @@ A frozen stage is an inference-only piece of the network:
 
 Frozen stages are always a prefix (stem, stage1, ...): "trainable_stages=N" makes the top N units train.
 Both switches are instance attributes on the stage's modules (``forward`` and ``train``), so the stored
-parameters, their names and the state dict are untouched, and unfreezing just removes them.
+parameters, their names and the state dict are untouched, and unfreezing just removes them. An instance
+``forward`` already there (an accelerate hook: ``device_map`` dispatch, ``cpu_offload``) keeps running inside the
+frozen one and is put back on unfreeze; such modules run as they are, without an inference copy.
 
 ``keep_requires_grad`` names frozen units whose parameters keep ``requires_grad=True``: units that a
 `FreezeScheduler` will unfreeze later. Trainer builds its optimizer, and DDP its gradient buckets, from
 the parameters that require grad when training starts, so those parameters must be in from the start;
 they still receive no gradient while their unit runs under ``no_grad``, and optimizers skip parameters
-whose ``grad`` is None.
+whose ``grad`` is None. An input that requires grad (adversarial training, saliency) gets its gradient through a
+frozen unit, which then runs with its parameters swapped for detached views: they get none either.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from torch import nn
 
 from .registry import ArchSpec, StageUnit, get_arch, stage_units
 
-__all__ = ["FreezeState", "FastOptions", "build_inference_copy", "fold_conv_bn", "run_frozen_prefix", "resolve_trainable_stages", "apply_freeze", "freeze_model", "is_frozen", "units_for"]
+__all__ = ["FreezeState", "FastOptions", "build_inference_copy", "clear_inference_copies", "fold_conv_bn",
+           "run_frozen_prefix", "resolve_trainable_stages", "apply_freeze", "freeze_model", "is_frozen", "units_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +89,50 @@ def resolve_trainable_stages(value: int | str | None, num_units: int, stage_name
     return value
 
 
-def _frozen_forward(self: nn.Module, *args, **kwargs):
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-        return type(self).forward(self, *args, **kwargs)  # gradients w.r.t. the input (saliency, adversarial)
+def _frozen_forward(self: nn.Module, inner, *args, **kwargs):
+    if not self.__dict__.get(_FROZEN_FLAG, False):  # unfrozen, but still called through a wrapper added while frozen
+        return _plain_forward(self, inner, args, kwargs)
+    if torch.is_grad_enabled() and _any_requires_grad(args, kwargs):
+        with _detached_parameters(self):  # gradients w.r.t. the input (saliency, adversarial), never the parameters
+            return _plain_forward(self, inner, args, kwargs)
     with torch.no_grad():
-        if _FAST in self.__dict__ and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+        if (inner is None and _FAST in self.__dict__ and len(args) == 1 and not kwargs
+                and isinstance(args[0], torch.Tensor)):
             return _fast_call(self, args[0])
-        return type(self).forward(self, *args, **kwargs)
+        return _plain_forward(self, inner, args, kwargs)
+
+
+def _plain_forward(module: nn.Module, inner, args, kwargs):
+    """The module's own computation: through `inner` (the instance forward freezing replaced) where there was one."""
+    return inner(*args, **kwargs) if inner is not None else type(module).forward(module, *args, **kwargs)
+
+
+def _any_requires_grad(args, kwargs) -> bool:
+    return any(isinstance(a, torch.Tensor) and a.requires_grad for a in itertools.chain(args, kwargs.values()))
+
+
+_DETACH_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _detached_parameters(module: nn.Module):
+    """Swap `module`'s parameters for detached views (same storage) while the block runs; buffers are untouched.
+
+    Autograd then reaches the input only, even for parameters kept at ``requires_grad=True`` for a later unfreeze.
+    Under a lock: a second thread must never take the first one's detached views for the parameters to restore.
+    """
+    with _DETACH_LOCK:
+        swapped = []
+        try:
+            for m in module.modules():
+                for name, p in m._parameters.items():
+                    if p is not None and p.requires_grad:
+                        swapped.append((m, name, p))
+                        m._parameters[name] = p.detach()
+            yield
+        finally:
+            for m, name, p in reversed(swapped):
+                m._parameters[name] = p
 
 
 def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
@@ -113,14 +154,43 @@ class _Bound:
         return (_Bound, (self.fn, self.module))
 
 
+class _FrozenForward:
+    """A frozen module's ``forward`` (an instance attribute). `inner` is the instance forward it replaced, e.g. an
+    accelerate hook (device_map dispatch, cpu_offload): it still runs, in place of the class's forward, and is put
+    back on unfreeze. Unlike a bound method it pickles."""
+
+    __slots__ = ("module", "inner")
+
+    def __init__(self, module: nn.Module, inner=None):
+        self.module, self.inner = module, inner
+
+    def __call__(self, *args, **kwargs):
+        return _frozen_forward(self.module, self.inner, *args, **kwargs)
+
+    def __reduce__(self):
+        return (_FrozenForward, (self.module, self.inner))
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether `module` or a submodule runs through an instance ``forward`` (an accelerate ``_hf_hook``, ...) that an
+    inference copy would skip."""
+    for m in module.modules():
+        forward = m.__dict__.get("forward")
+        if isinstance(forward, _FrozenForward):
+            forward = forward.inner
+        if forward is not None or hasattr(m, "_hf_hook"):
+            return True
+    return False
+
+
 def _freeze_module(module: nn.Module, fast: FastOptions | None) -> None:
-    if fast is not None and fast.enabled:
+    if fast is not None and fast.enabled and not _has_hooks(module):
         module.__dict__[_FAST] = _FastSlot(fast)
-    else:
+    else:  # hooks (device placement, offloading) must run: the module runs as it is, under no_grad
         module.__dict__.pop(_FAST, None)
     if getattr(module, _FROZEN_FLAG, False):
         return
-    module.forward = _Bound(_frozen_forward, module)
+    module.forward = _FrozenForward(module, module.__dict__.get("forward"))
     module.train = _Bound(_frozen_train, module)
     object.__setattr__(module, _FROZEN_FLAG, True)
     nn.Module.train(module, False)
@@ -128,7 +198,14 @@ def _freeze_module(module: nn.Module, fast: FastOptions | None) -> None:
 
 def _thaw_module(module: nn.Module, training: bool) -> None:
     if getattr(module, _FROZEN_FLAG, False):
-        for attr in ("forward", "train", _FROZEN_FLAG, _FAST):
+        forward = module.__dict__.get("forward")
+        if isinstance(forward, _FrozenForward) and forward.module is module:
+            if forward.inner is not None:
+                module.forward = forward.inner  # the instance forward freezing replaced (an accelerate hook, ...)
+            else:
+                del module.__dict__["forward"]
+        # else: wrapped since freezing (a hook added later): the wrapper stays, and our forward now passes through
+        for attr in ("train", _FROZEN_FLAG, _FAST):
             module.__dict__.pop(attr, None)
     nn.Module.train(module, training)
 
@@ -154,6 +231,9 @@ def apply_freeze(
     object.__setattr__(model, "hf_transfer_fast_options", fast)
     names = [u.name for u in units]
     n = resolve_trainable_stages(trainable_stages, len(units), names)
+    if isinstance(keep_requires_grad, str):
+        raise TypeError(f"keep_requires_grad takes a collection of stage names, not one string; use "
+                        f"keep_requires_grad=[{keep_requires_grad!r}].")
     keep = set(keep_requires_grad)
     unknown = keep - set(names)
     if unknown:
@@ -244,6 +324,9 @@ def _fast_call(module: nn.Module, x: torch.Tensor):
     slot: _FastSlot = module.__dict__[_FAST]
     key = _version_key(module)
     if slot.key != key:  # the stored weights changed (load_state_dict, .to(), ...): rebuild
+        if _has_hooks(module):  # hooked since freezing (dispatch, offloading): no copy, run it as it is
+            module.__dict__.pop(_FAST, None)
+            return type(module).forward(module, x)
         slot.copies, slot.key, slot.no_graph = {}, key, False
     autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
     use_jit = (slot.options.jit and not slot.options.compile and not slot.no_graph and x.device.type == "cpu"
@@ -267,12 +350,27 @@ _PREFIX = "_hf_transfer_prefix"
 
 
 class _PrefixCache:
-    """The whole-prefix inference graph and its key; not copied or pickled (rebuilt on first use)."""
+    """Whole-prefix inference graphs for the last few input signatures; not copied or pickled (rebuilt on first use).
 
-    __slots__ = ("key", "graph")
+    `entry` is ``(base, graphs)``: `base` names the modules, their weights and their `FastOptions`, `graphs` maps an
+    input signature (C, H, W, dtype) to its graph (None: that prefix runs per module). The entry is only ever replaced
+    whole, so a reader that takes it once sees a consistent pair; builds run under `lock`.
+    """
+
+    __slots__ = ("entry", "last", "lock")
 
     def __init__(self):
-        self.key, self.graph = None, None
+        self.entry: tuple = (None, {})
+        self.last: tuple = (None, None)  # (key, graph) of the latest call, for inspection
+        self.lock = threading.Lock()
+
+    @property
+    def key(self):
+        return self.last[0]
+
+    @property
+    def graph(self):
+        return self.last[1]
 
     def __deepcopy__(self, memo):
         return _PrefixCache()
@@ -280,13 +378,33 @@ class _PrefixCache:
     def __reduce__(self):
         return (_PrefixCache, ())
 
+    def get(self, base: tuple, sig: tuple, build):
+        """The graph for (`base`, `sig`), from `build()` (once, under the lock) if it is not cached."""
+        cached_base, graphs = self.entry
+        graph = graphs.get(sig, _MISSING) if cached_base == base else _MISSING
+        if graph is _MISSING:
+            with self.lock:
+                cached_base, graphs = self.entry
+                graphs = graphs if cached_base == base else {}  # new modules, weights or options: drop the old graphs
+                graph = graphs.get(sig, _MISSING)
+                if graph is _MISSING:
+                    graph = build()
+                    graphs = {**graphs, sig: graph} if len(graphs) < _MAX_SHAPES else {sig: graph}
+                    self.entry = (base, graphs)
+        self.last = (base + sig, graph)
+        return graph
+
+
+_MISSING = object()
+
 
 def run_frozen_prefix(owner: nn.Module, modules: list[nn.Module], x: torch.Tensor):
     """Run the frozen modules `modules` (in order) as ONE inference graph; None when that does not apply.
 
     Applies on CPU, outside autocast, for inputs that need no gradient, when every module is frozen with the
     TorchScript option on: one graph for the whole prefix avoids a layout conversion and a Python call per
-    module. The graph is cached on `owner` and rebuilt when the modules, their weights or the input size change.
+    module. Graphs are cached on `owner`, one per input size (the last few), and rebuilt when the modules, their
+    weights or their `FastOptions` change.
     """
     if not modules or x.device.type != "cpu" or torch.is_autocast_enabled("cpu") or x.requires_grad:
         return None
@@ -294,19 +412,36 @@ def run_frozen_prefix(owner: nn.Module, modules: list[nn.Module], x: torch.Tenso
     if any(s is None or not s.options.jit or s.options.compile or not s.options.channels_last or s.no_graph
            for s in slots):
         return None
-    key = (tuple(id(m) for m in modules), tuple(_version_key(m) for m in modules), tuple(x.shape[1:]), x.dtype)
-    cache = owner.__dict__.setdefault(_PREFIX, _PrefixCache())
-    if cache.key != key:
-        graph = build_inference_copy(nn.Sequential(*modules), x, slots[0].options, use_jit=True)
-        cache.key = key
-        cache.graph = graph if is_inference_graph(graph) else None  # else: per-module copies
-    graph = cache.graph
+    base = (tuple(id(m) for m in modules), tuple(_version_key(m) for m in modules), tuple(s.options for s in slots))
+    cache = owner.__dict__.get(_PREFIX) or owner.__dict__.setdefault(_PREFIX, _PrefixCache())
+    graph = cache.get(base, (tuple(x.shape[1:]), x.dtype), lambda: _build_prefix_graph(modules, x, slots[0].options))
     if graph is None:
         return None
     with torch.no_grad():
         out = graph(x.contiguous(memory_format=torch.channels_last))
     # the trainable stages that follow run faster on channels_last input (the graph hands back NCHW)
     return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
+
+
+def _build_prefix_graph(modules: list[nn.Module], x: torch.Tensor, options: FastOptions):
+    if any(_has_hooks(m) for m in modules):  # hooked since freezing: each module runs its hooks
+        return None
+    graph = build_inference_copy(nn.Sequential(*modules), x, options, use_jit=True)
+    return graph if is_inference_graph(graph) else None  # else: per-module copies
+
+
+def clear_inference_copies(model: nn.Module) -> None:
+    """Drop every cached inference copy and prefix graph of `model`'s frozen modules; they rebuild on the next call.
+
+    Copies follow weight changes made through autograd-visible ops (``load_state_dict``, ``.to()``, in-place ops
+    under ``no_grad``), which bump the tensor's version counter. Writes through ``.data`` (``p.data.copy_(...)``,
+    old-style EMA updates) leave no trace on the parameter: call this after them, or the copies keep the old weights.
+    """
+    for m in model.modules():
+        slot = m.__dict__.get(_FAST)
+        if slot is not None:
+            slot.copies, slot.key, slot.no_graph = {}, None, False
+        m.__dict__.pop(_PREFIX, None)
 
 
 def _plain_copy(module: nn.Module) -> nn.Module:

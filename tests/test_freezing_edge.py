@@ -1,0 +1,198 @@
+"""Frozen stages at the edges: input gradients, accelerate hooks, the whole-prefix graph cache, cache resets."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from hf_transfer_cnn import FastOptions, TransferModel
+from hf_transfer_cnn import freezing as F
+
+
+def _plain_reference(model: TransferModel, path) -> TransferModel:
+    """The same weights, nothing frozen, run as the plain modules (frozen modules' forward untouched)."""
+    reference = TransferModel.from_pretrained(path, num_labels=3, trainable_stages="all")
+    reference.load_state_dict(model.state_dict())
+    return reference
+
+
+def _count_prefix_builds(monkeypatch) -> list:
+    """Record the options of every whole-prefix graph build (an nn.Sequential of frozen modules)."""
+    builds = []
+    original = F.build_inference_copy
+
+    def counting(module, x, options=FastOptions(), use_jit=False):
+        if isinstance(module, torch.nn.Sequential):
+            builds.append((tuple(x.shape[1:]), options))
+        return original(module, x, options, use_jit=use_jit)
+
+    monkeypatch.setattr(F, "build_inference_copy", counting)
+    return builds
+
+
+def test_input_gradient_reaches_the_input_but_not_frozen_stages_kept_for_later(tiny_checkpoints):
+    """Adversarial training / input-gradient penalties: a frozen stage whose parameters keep requires_grad=True (what
+    FreezeScheduler sets up) passes the gradient on to the input and gives its own parameters none."""
+    path = tiny_checkpoints["resnet"]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1)
+    frozen_names = model.freeze_state.frozen_stage_names
+    model.freeze(1, keep_requires_grad=frozen_names)
+    reference = _plain_reference(model, path)
+    frozen = [u for u in model.stage_units() if u.name in frozen_names]
+    frozen_ref = [u for u in reference.stage_units() if u.name in frozen_names]
+    assert frozen and all(p.requires_grad for u in frozen for p in u.parameters())
+    for u in frozen_ref:
+        for p in u.parameters():
+            p.requires_grad_(False)
+    model.train()
+    reference.train()
+    for u in frozen_ref:
+        for m in u.modules:
+            m.eval()
+    params_before = [id(p) for p in model.parameters()]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 40, 40, generator=g)
+    labels = torch.tensor([0, 1, 2, 0])
+    grads = []
+    for m in (model, reference):
+        inp = x.clone().requires_grad_(True)
+        torch.manual_seed(0)
+        m(pixel_values=inp, labels=labels).loss.backward()
+        grads.append(inp.grad)
+    assert grads[0] is not None and grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for u in frozen for p in u.parameters())
+    trainable = dict(model.named_parameters())
+    for name, p in reference.named_parameters():
+        if p.requires_grad:  # the trainable stage and the head train as usual
+            torch.testing.assert_close(trainable[name].grad, p.grad, rtol=1e-4, atol=1e-6)
+    assert [id(p) for p in model.parameters()] == params_before  # the real parameters are back in place
+    assert all(isinstance(p, torch.nn.Parameter) for p in model.parameters())
+
+
+def test_accelerate_hooks_run_while_frozen_and_after_unfreeze(tiny_checkpoints):
+    from accelerate.hooks import ModelHook, add_hook_to_module
+
+    class Count(ModelHook):
+        def __init__(self):
+            self.n = 0
+
+        def pre_forward(self, module, *args, **kwargs):
+            self.n += 1
+            return args, kwargs
+
+    path = tiny_checkpoints["resnet"]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages="all").eval()
+    reference = _plain_reference(model, path).eval()
+    stages = model.resnet.encoder.stages
+    on_stage, on_block, added_late = Count(), Count(), Count()
+    add_hook_to_module(stages[0], on_stage)
+    add_hook_to_module(stages[1].layers[0], on_block)  # a hook inside a frozen module: no inference copy skips it
+    hook_forward = stages[0].forward
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        expected = reference(x).logits
+        model(x)
+        model.freeze(0)
+        add_hook_to_module(stages[2], added_late)  # hooked after freezing
+        torch.testing.assert_close(model(x).logits, expected, rtol=1e-4, atol=1e-5)
+        assert (on_stage.n, on_block.n, added_late.n) == (2, 2, 1)
+        model.unfreeze()
+        torch.testing.assert_close(model(x).logits, expected, rtol=1e-4, atol=1e-5)
+    assert (on_stage.n, on_block.n, added_late.n) == (3, 3, 2)
+    assert stages[0].forward is hook_forward
+    model.train()
+    model(x).logits.sum().backward()  # unfrozen, the late-hooked stage trains through its hook
+    assert all(p.grad is not None for p in stages[2].parameters())
+
+
+def test_prefix_graph_follows_fast_options(tiny_checkpoints, monkeypatch):
+    path = tiny_checkpoints["efficientnet"]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2).eval()
+    reference = _plain_reference(model, path).eval()
+    builds = _count_prefix_builds(monkeypatch)
+    x = torch.randn(4, 3, 40, 40)
+    with torch.no_grad():
+        model(x)
+        options = FastOptions(fuse=False, fold_bn=False)
+        model.freeze(2, fast=options)
+        torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+    assert [o for _, o in builds] == [FastOptions(), options]
+    graph = model.__dict__[F._PREFIX].graph
+    assert isinstance(graph, torch.jit.ScriptModule) and not isinstance(graph, F.OneDNNGraph)
+
+
+def test_prefix_graph_per_input_size_built_once(tiny_checkpoints, monkeypatch):
+    """Alternating input sizes (multi-scale, TTA, train vs eval size) reuse one graph per size."""
+    path = tiny_checkpoints["efficientnet"]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
+    reference = _plain_reference(model, path).eval()
+    builds = _count_prefix_builds(monkeypatch)
+    xs = [torch.randn(3, 3, 40, 40), torch.randn(3, 3, 48, 48)]
+    with torch.no_grad():
+        for i in range(6):
+            x = xs[i % 2]
+            torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+        assert sorted(s for s, _ in builds) == [(3, 40, 40), (3, 48, 48)]
+        monkeypatch.setattr(F, "_MAX_SHAPES", 2)  # bounded: a third size starts afresh
+        model(torch.randn(3, 3, 56, 56))
+    _, graphs = model.__dict__[F._PREFIX].entry
+    assert list(graphs) == [((3, 56, 56), torch.float32)]
+
+
+def test_prefix_graph_built_once_under_concurrent_calls(tiny_checkpoints, monkeypatch):
+    path = tiny_checkpoints["efficientnet"]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
+    reference = _plain_reference(model, path).eval()
+    builds = _count_prefix_builds(monkeypatch)
+    xs = [torch.randn(3, 3, 40, 40), torch.randn(3, 3, 48, 48)]
+    with torch.no_grad():
+        expected = [reference(x).logits for x in xs]
+    results, errors = {}, []
+    start = threading.Barrier(4)
+
+    def work(i):
+        try:
+            start.wait()
+            with torch.no_grad():
+                results[i] = [model(xs[(i + k) % 2]).logits for k in range(3)]
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(s for s, _ in builds) == [(3, 40, 40), (3, 48, 48)]
+    for i, outs in results.items():
+        for k, out in enumerate(outs):
+            torch.testing.assert_close(out, expected[(i + k) % 2], rtol=1e-4, atol=1e-5)
+
+
+def test_keep_requires_grad_refuses_a_bare_string(tiny_checkpoints):
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3, trainable_stages=0)
+    with pytest.raises(TypeError, match=r"keep_requires_grad=\['stage4'\]"):
+        model.freeze(0, keep_requires_grad="stage4")
+    state = model.freeze(0, keep_requires_grad=["stage4"])
+    assert state.keep_requires_grad == {"stage4"}
+
+
+def test_clear_inference_copies_picks_up_data_writes(tiny_checkpoints):
+    """Writes through .data leave the version counter alone; clear_inference_copies makes the copies follow."""
+    for model_type in ("resnet", "efficientnet"):  # per-module copies and the whole-prefix graph
+        path = tiny_checkpoints[model_type]
+        model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=0).eval()
+        x = torch.randn(4, 3, 40, 40)
+        with torch.no_grad():
+            model(x)
+            for p in model.base_model.parameters():
+                p.data.mul_(0.5)
+            F.clear_inference_copies(model)
+            got = model(x).logits
+        reference = _plain_reference(model, path).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(got, reference(x).logits, rtol=1e-4, atol=1e-5)
