@@ -346,6 +346,10 @@ def _channel_values(values: Sequence[float], num_channels: int, what: str) -> li
         return values
     if len(values) == 1:
         return values * num_channels
+    if len(values) != 3:
+        raise ValueError(f"{what} has {len(values)} values for a {num_channels}-channel model; give one value, one "
+                         f"per channel ({num_channels}), or RGB statistics (3 values: averaged for gray input, "
+                         "their average used for channels beyond RGB).")
     avg = sum(values) / len(values)
     if num_channels < len(values):  # e.g. RGB stats for a gray model: their average
         return [avg] * num_channels
@@ -800,8 +804,10 @@ def _drop_unreadable(ds, image_col: str, split: str, on_bad_image: str, workers:
     return ds.select([i for i in range(n) if i not in bad_idx])
 
 
-def load_image_classification_data(args: Any = None, *, expected_labels: dict | None = None, **kwargs):
-    """Load, split and clean an image-classification dataset: ``(train_ds, eval_ds, id2label)``.
+def load_image_classification_data(args: Any = None, *, expected_labels: dict | None = None,
+                                   return_eval_split: bool = False, **kwargs):
+    """Load, split and clean an image-classification dataset: ``(train_ds, eval_ds, id2label)``
+    (``return_eval_split=True`` appends the evaluation split's name, e.g. ``"test"`` or ``"train[held-out 0.15]"``).
 
     `args` is a `DataArguments` (or any object/dict with its field names); keyword arguments override fields.
     The datasets keep only the image and label columns, with the image column undecoded
@@ -844,7 +850,7 @@ def load_image_classification_data(args: Any = None, *, expected_labels: dict | 
     _check_label_values(evaluation, col, len(id2label), eval_name)
     if evaluation is None and args.train_val_split:
         train, evaluation = _split_off_validation(train, float(args.train_val_split), args.split_seed, col)
-        eval_name = f"validation (held-out {args.train_val_split:g} of {args.train_split_name})"
+        eval_name = f"{args.train_split_name}[held-out {args.train_val_split:g}]"
     train = _subsample(train, args.max_train_samples, args.split_seed)
     evaluation = _subsample(evaluation, args.max_eval_samples, args.split_seed)
     img = args.image_column_name
@@ -854,6 +860,8 @@ def load_image_classification_data(args: Any = None, *, expected_labels: dict | 
     _check_class_coverage(train, evaluation, col, id2label, eval_name)
     logger.info("Loaded %s: %d training and %s evaluation examples, %d classes.", desc, len(train),
                 len(evaluation) if evaluation is not None else "no", len(id2label))
+    if return_eval_split:
+        return train, evaluation, id2label, (eval_name if evaluation is not None else None)
     return train, evaluation, id2label
 
 

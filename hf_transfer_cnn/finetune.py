@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .data import DataArguments, TransformArguments, build_transforms, collate_fn, load_image_classification_data, with_transforms
+from .data import (DataArguments, TransformArguments, _channel_values, build_transforms, collate_fn,
+                   load_image_classification_data, with_transforms)
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ class ModelArguments:
         "help": "feature_extraction: compute backbone features once and train the head on them (needs augment=False)."})
     expected_label_names: str | None = field(default=None, metadata={
         "help": "Comma-separated class names the data must have, in id order (e.g. to continue training a fine-tuned "
-                "model); a dataset with a different class count is an error."})
+                "model, whose trained head is kept when its labels are these); other names, order or count are an "
+                "error."})
     evaluate_before_training: bool = field(default=True, metadata={
         "help": "Evaluate once before training (the 'before' column of the results)."})
     overwrite_output_dir: bool = field(default=False, metadata={
@@ -160,8 +162,9 @@ def build_freeze_plan(model_args: ModelArguments, total_steps: int):
 
 def _dataset_title(data_args) -> str | None:
     """A readable dataset name: the Hub id, else the data folder (`data/train` -> `data`)."""
-    if data_args.dataset_name:
-        return data_args.dataset_name
+    if data_args.dataset_name:  # a Hub id, or a local dataset's folder name (never a local path)
+        name = data_args.dataset_name
+        return Path(name).resolve().name if os.path.exists(name) else name
     if data_args.train_dir:
         path = Path(data_args.train_dir).resolve()
         return path.parent.name if path.name.lower() in ("train", "training") else path.name
@@ -173,8 +176,8 @@ def _with_stats(processor, transform_args, num_channels: int):
     d.pop("_processor_class", None)
     for key in ("image_mean", "image_std"):
         value = getattr(transform_args, key)
-        if value:
-            d[key] = list(value) * num_channels if len(value) == 1 else list(value)
+        if value:  # the values the transforms normalised with, one per model input channel
+            d[key] = _channel_values(value, num_channels, key)
     return type(processor).from_dict(d)
 
 
@@ -222,7 +225,11 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     set_seed(training_args.seed)
 
     expected = {i: n.strip() for i, n in enumerate(model_args.expected_label_names.split(","))} if model_args.expected_label_names else None
-    train_raw, eval_raw, id2label = load_image_classification_data(data_args, expected_labels=expected)
+    train_raw, eval_raw, id2label, eval_split = load_image_classification_data(
+        data_args, expected_labels=expected, return_eval_split=True)
+    if expected is not None and expected != id2label:  # same count (checked by the loader), other names or order
+        raise ValueError(f"expected_label_names {list(expected.values())} differ from the data's classes in id order "
+                         f"{list(id2label.values())}; fix the names/order, or drop expected_label_names.")
     total = _total_steps(training_args, len(train_raw))
     initial, scheduler = build_freeze_plan(model_args, total)
     model = TransferModel.from_pretrained(
@@ -304,7 +311,8 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         lr_factor=model_args.lr_factor if model_args.strategy == "gradual" else None,
         stage_lr_decay=model_args.stage_lr_decay, num_train_epochs=training_args.num_train_epochs
         if training_args.max_steps <= 0 else None, train_steps=trainer.state.global_step,
-        batch_size=training_args.per_device_train_batch_size * max(training_args.world_size, 1),
+        batch_size=training_args.per_device_train_batch_size * max(training_args.world_size, 1)
+        * training_args.gradient_accumulation_steps, eval_split=eval_split or "validation",
         dataset_id=data_args.dataset_name, dataset_dir=data_args.train_dir, dataset_name=_dataset_title(data_args),
         num_train_images=len(train_raw), num_eval_images=results["num_eval_images"],
         metrics={k: results[k] for k in ("eval_accuracy", "eval_top5_accuracy", "eval_macro_f1", "eval_loss")

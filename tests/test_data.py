@@ -349,6 +349,23 @@ def test_random_erasing():
             TransformArguments(random_erasing=bad)
 
 
+def test_normalisation_stats_length():
+    """mean/std take 1 value, one per channel, or RGB's 3 (averaged for gray); other lengths are refused, and the
+    processor a recipe saves holds the per-channel values its transforms used."""
+    from hf_transfer_cnn.finetune import _with_stats
+
+    for channels, mean in ((3, [0.1, 0.2, 0.3, 0.4]), (3, [0.1, 0.2]), (1, [0.1, 0.2]), (4, [0.1, 0.2])):
+        with pytest.raises(ValueError, match=f"mean has {len(mean)} values for a {channels}-channel model"):
+            build_transforms(_processor(), channels, mean=mean)
+    _, gray = build_transforms(_processor(), 1, mean=[0.2, 0.4, 0.6], std=[1.0])
+    assert torch.allclose(gray(Image.new("L", (32, 32), 102)), torch.full((1, 32, 32), 0.0), atol=1e-6)
+    targs = TransformArguments(image_mean=[0.2, 0.4, 0.6], image_std=[0.5])
+    saved = _with_stats(_processor(), targs, 1)
+    assert list(saved.image_mean) == pytest.approx([0.4]) and list(saved.image_std) == [0.5]
+    saved = _with_stats(_processor(), targs, 4)
+    assert list(saved.image_mean) == pytest.approx([0.2, 0.4, 0.6, 0.4]) and list(saved.image_std) == [0.5] * 4
+
+
 def test_collate_fn():
     rows = [{"pixel_values": torch.zeros(2, 8, 8), "labels": i} for i in range(3)]
     batch = collate_fn(rows)
