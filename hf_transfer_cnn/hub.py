@@ -232,8 +232,8 @@ def _card_metadata(report: TransferReport, model_name: str, dataset_name: str) -
         for key in _METRICS if key in known
     ]
     tags = list(dict.fromkeys([*CARD_TAGS, report.model_type, *report.extra_tags]))
-    data = ModelCardData(
-        library_name="transformers",
+    data = ModelCardData(  # the Hub's "Use in Transformers" button / widget only where plain transformers works
+        library_name="transformers" if report.loadable_with_transformers else "hf-transfer-cnn",
         pipeline_tag="image-classification",
         base_model=_hub_id(report.base_model),
         datasets=[dataset_id] if dataset_id else None,
@@ -254,8 +254,9 @@ def build_model_card(report: TransferReport, output_dir: str | os.PathLike | Non
     checked before returning.
     """
     out = Path(output_dir) if output_dir is not None else None
-    dataset_name = (report.dataset_name or report.dataset_id
-                    or (Path(report.dataset_dir).name if report.dataset_dir else None) or "custom image dataset")
+    local = report.dataset_dir or (report.dataset_id if not _hub_id(report.dataset_id) else None)
+    dataset_name = (report.dataset_name or _hub_id(report.dataset_id)  # a local path is named by its folder only
+                    or (Path(local).resolve().name if local else None) or "custom image dataset")
     model_name = (report.model_name or (report.repo_id.split("/")[-1] if report.repo_id else None)
                   or (out.resolve().name if out is not None else None) or f"{report.model_type}-transfer")
     metadata = _card_metadata(report, model_name, dataset_name)
@@ -328,7 +329,7 @@ def build_model_card(report: TransferReport, output_dir: str | os.PathLike | Non
     if report.train_steps is not None:
         lines.append(f"- **Training steps:** {report.train_steps}")
     if report.batch_size is not None:
-        lines.append(f"- **Batch size:** {report.batch_size}")
+        lines.append(f"- **Batch size:** {report.batch_size} (per optimizer step: all devices and accumulation steps)")
     lines += [f"- {note}" for note in report.notes]
     lines.append("")
     if report.phases:
@@ -347,11 +348,10 @@ def build_model_card(report: TransferReport, output_dir: str | os.PathLike | Non
 
     # data
     lines += ["## Data", ""]
-    if report.dataset_id:
-        lines.append(f"- **Dataset:** [`{report.dataset_id}`](https://huggingface.co/datasets/{report.dataset_id})"
-                     if _hub_id(report.dataset_id) else f"- **Dataset:** {report.dataset_id}")
-    elif report.dataset_dir:
-        lines.append(f"- **Dataset:** image folder `{report.dataset_dir}`")
+    if _hub_id(report.dataset_id):
+        lines.append(f"- **Dataset:** [`{report.dataset_id}`](https://huggingface.co/datasets/{report.dataset_id})")
+    elif local:
+        lines.append(f"- **Dataset:** local data `{dataset_name}`")
     else:
         lines.append(f"- **Dataset:** {dataset_name}")
     if report.num_train_images is not None:
@@ -366,13 +366,16 @@ def build_model_card(report: TransferReport, output_dir: str | os.PathLike | Non
 
     # usage
     ref = report.repo_id or f"path/to/{model_name}"
+    gray = report.num_channels == 1  # the processor expects mode "L" images: convert first
+    image = 'Image.open("image.jpg").convert("L")' if gray else 'Image.open("image.jpg")'
+    source = image if gray else '"image.jpg"'  # what the pipeline snippet classifies
     lines += ["## How to use", ""]
     if report.loadable_with_transformers:
         lines += [
             "Plain transformers loads this model (hf-transfer-cnn is not needed):", "",
-            "```python", "from transformers import pipeline", "",
+            "```python", *(["from PIL import Image"] if gray else []), "from transformers import pipeline", "",
             f'classifier = pipeline("image-classification", model="{ref}")',
-            'print(classifier("image.jpg"))', "```", "",
+            f"print(classifier({source}))", "```", "",
             "With hf-transfer-cnn, `TransferModel.from_pretrained` loads it ready for further transfer learning "
             "(stage freezing, a new head, other input sizes/channels).", "",
         ]
@@ -382,7 +385,7 @@ def build_model_card(report: TransferReport, output_dir: str | os.PathLike | Non
             "architecture), so load it with the package (`pip install hf-transfer-cnn`):", "",
             "```python", "import torch", "from PIL import Image", "from hf_transfer_cnn import TransferModel", "",
             f'model = TransferModel.from_pretrained("{ref}").eval()',
-            'inputs = model.image_processor(Image.open("image.jpg"), return_tensors="pt")',
+            f'inputs = model.image_processor({image}, return_tensors="pt")',
             "with torch.no_grad():",
             "    predicted = model(**inputs).logits.argmax(-1).item()",
             "print(model.config.id2label[predicted])", "```", "",

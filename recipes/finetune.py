@@ -14,12 +14,17 @@ import logging
 import sys
 
 from hf_transfer_cnn.finetune import parse_recipe_args, run_finetune
+from hf_transfer_cnn.hub import HubPushError
 
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     model_args, data_args, transform_args, training_args = parse_recipe_args(argv)
-    results = run_finetune(model_args, data_args, transform_args, training_args)
+    try:
+        results = run_finetune(model_args, data_args, transform_args, training_args)
+    except HubPushError as err:  # training finished and is saved; the message says how to retry the upload
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     summary = {k: results[k] for k in ("before_accuracy", "eval_accuracy", "eval_top5_accuracy", "eval_macro_f1",
                                        "train_runtime", "train_wall_time_s") if k in results}
     print(json.dumps(summary, indent=2))

@@ -287,6 +287,15 @@ def test_model_card_variants(tmp_path):
     assert [m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]] == [0.5]
     assert re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text) == ["a_plot.png", "b_plot.png"]
     assert "TransferModel.from_pretrained(" in text and "pipeline(" not in text
+    assert meta["library_name"] == "hf-transfer-cnn"  # no "Use in Transformers" for a model it cannot run
+    assert "/data/pets" not in text and "- **Dataset:** local data `pets`" in text
+    gray = build_model_card(_report(num_channels=1))
+    assert parse_card_metadata(gray)["library_name"] == "transformers"
+    assert 'print(classifier(Image.open("image.jpg").convert("L")))' in gray and "from PIL import Image" in gray
+    gray = build_model_card(_report(num_channels=1, loadable_with_transformers=False))
+    assert 'model.image_processor(Image.open("image.jpg").convert("L"), return_tensors="pt")' in gray
+    rgb = build_model_card(_report(num_channels=3))
+    assert 'print(classifier("image.jpg"))' in rgb
 
     bare = parse_card_metadata(build_model_card(_report(metrics={}, plots=[])))
     assert "model-index" not in bare and bare["pipeline_tag"] == "image-classification"
