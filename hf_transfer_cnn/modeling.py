@@ -319,7 +319,8 @@ class TransferModel(nn.Module):
 
         Args:
             num_labels / id2label / label2id: the new task's classes (id2label alone is enough). Giving any
-                of them replaces the classifier with a freshly initialised one; the backbone is untouched.
+                of them replaces the classifier with a freshly initialised one; the backbone is untouched. Labels
+                equal to the checkpoint's own (same names, same ids) keep its trained classifier.
             num_channels: input channels (1 = grayscale); the first conv is adapted (see `adapt_conv_weight`).
             image_size: square input size; must be at least the architecture's minimum.
             head: `HeadSpec` / dict for a custom head (hidden_sizes, dropout, pooling avg|max|concat).
@@ -331,6 +332,7 @@ class TransferModel(nn.Module):
             raise TypeError(f"Unexpected argument(s) {sorted(kwargs)} for TransferModel.from_pretrained.")
         config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         spec = get_arch(config.model_type)
+        names_given = id2label is not None or label2id is not None
         num_labels, id2label, label2id = _normalise_labels(num_labels, id2label, label2id)
         if num_channels is not None and (isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1):
             raise ValueError(f"num_channels={num_channels!r}; use a positive integer (1 = grayscale, 3 = RGB).")
@@ -357,7 +359,12 @@ class TransferModel(nn.Module):
         meta = model._meta()
         meta.setdefault("base_model", str(pretrained_model_name_or_path))
         model.config.update({CONFIG_KEY: meta})
-        if num_labels is not None or (head_spec is not None and head_spec != model.head_spec):
+        own = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        keep_head = names_given and id2label == own and (head_spec is None or head_spec == model.head_spec)
+        if keep_head:  # e.g. continuing to train a fine-tuned model on its own classes
+            logger.info("id2label equals the checkpoint's own labels: keeping its trained head "
+                        "(model.set_head(...) gives a fresh one).")
+        elif num_labels is not None or (head_spec is not None and head_spec != model.head_spec):
             model.set_head(num_labels or model.config.num_labels, id2label=id2label, head=head_spec)
         if num_channels is not None and num_channels != model.num_input_channels:
             model.set_num_channels(num_channels)

@@ -354,6 +354,29 @@ def test_new_labels_keep_a_saved_custom_head(tiny_checkpoints, tmp_path):
     assert isinstance(native.classifier, torch.nn.Linear)
 
 
+def test_own_labels_keep_the_trained_head(tiny_checkpoints, tmp_path):
+    """Continuing to train a fine-tuned model on its own classes keeps its classifier; other names, another order,
+    a bare num_labels or a new head layout give a fresh one."""
+    labels = {0: "cat", 1: "dog", 2: "emu"}
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], id2label=labels)
+    with torch.no_grad():
+        _out_weight(model).add_(1.0)  # "trained": differs from any fresh initialisation
+    model.save_pretrained(tmp_path / "ft")
+    trained = _out_weight(model).clone()
+    again = TransferModel.from_pretrained(tmp_path / "ft", id2label=dict(labels))
+    assert torch.equal(_out_weight(again), trained)
+    for kwargs in ({"id2label": {0: "dog", 1: "cat", 2: "emu"}}, {"id2label": {0: "cat", 1: "dog", 2: "yak"}},
+                   {"num_labels": 3}, {"id2label": labels, "head": {"hidden_sizes": [8]}}):
+        fresh = TransferModel.from_pretrained(tmp_path / "ft", **kwargs)
+        out = _out_weight(fresh)
+        assert out.shape != trained.shape or not torch.equal(out, trained), kwargs
+
+
+def _out_weight(model):
+    head = get_module(model, get_arch(model.config.model_type).head)
+    return [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].weight
+
+
 def test_input_gradients_flow_through_frozen_stages(tiny_checkpoints):
     model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3).eval()
     x = torch.randn(2, 3, 40, 40, requires_grad=True)

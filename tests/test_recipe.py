@@ -169,6 +169,9 @@ def test_recipe_bad_inputs(tiny_checkpoints, color_folder, tmp_path):
     with pytest.raises(ValueError, match="(?i)4 .*3|3 .*4|class"):
         run_finetune(*parse_recipe_args(base + ["--train_dir", str(color_folder / "train"),
                                                 "--expected_label_names", "blue,green,red,yellow"]))
+    with pytest.raises(ValueError, match=r"expected_label_names \['green', 'blue', 'red'\] differ .*\['blue', 'green', 'red'\]"):
+        run_finetune(*parse_recipe_args(base + ["--train_dir", str(color_folder / "train"),
+                                                "--expected_label_names", "green,blue,red"]))
     bad_cfg = tmp_path / "bad.yaml"
     bad_cfg.write_text(yaml.safe_dump({"model_name_or_path": "x", "lerning_rate": 0.1}))
     with pytest.raises(ValueError, match="lerning_rate"):
@@ -220,6 +223,29 @@ def test_every_shipped_recipe_parses():
         model_args, data_args, _, training_args = parse_recipe_args(["--config", str(path)])
         assert model_args.model_name_or_path and training_args.output_dir
         assert data_args.dataset_name or data_args.train_dir
+
+
+def test_card_names_the_evaluated_split_and_the_effective_batch(tiny_checkpoints, tmp_path):
+    """The card's model-index split is the one evaluated (here held out of train), a local dataset is named by
+    its folder (no local path is published), and the batch size counts accumulation steps."""
+    import datasets
+
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    images = [Image.new("RGB", (16, 16), (200 * (i % 2), 50, i)) for i in range(16)]
+    datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(16)]}, features=feats).save_to_disk(
+        str(tmp_path / "my_data"))
+    out = tmp_path / "out"
+    run_finetune(*parse_recipe_args([
+        "--model_name_or_path", tiny_checkpoints["resnet"], "--dataset_name", str(tmp_path / "my_data"),
+        "--train_val_split", "0.25", "--output_dir", str(out), "--use_cpu", "--report_to", "none", "--image_size",
+        "32", "--max_steps", "1", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+        "--save_strategy", "no", "--evaluate_before_training", "false"]))
+    card = (out / "README.md").read_text()
+    meta = parse_card_metadata(card)
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"]["split"] == "train[held-out 0.25]" and result["dataset"]["name"] == "my_data"
+    assert str(tmp_path) not in card
+    assert "- **Batch size:** 8 (per optimizer step" in card
 
 
 BEANS_TRAIN_IMAGES = 1034  # AI-Lab-Makerere/beans: train 1034, validation 133, test 128
@@ -293,3 +319,21 @@ def test_recipe_push_round_trip_and_failure(fake_hub, tiny_checkpoints, color_fo
     for name in ("model.safetensors", "config.json", "README.md", "all_results.json"):
         assert (out2 / name).is_file()
     assert "hub_error" in json.loads((out2 / "all_results.json").read_text())
+
+
+def test_recipe_script_reports_a_failed_push_without_traceback(monkeypatch, capsys):
+    """recipes/finetune.py: a failed upload (training done, outputs saved) exits 1 with the retry message only."""
+    import runpy
+
+    script = runpy.run_path(str(REPO / "recipes" / "finetune.py"))
+    message = "Push to fake/x failed (HTTP 500). The output directory out is intact; retry: hf-transfer-cnn push out"
+
+    def failing(*args):
+        raise HubPushError(message, output_dir="out", repo_id="fake/x", reason="server",
+                           retry_command="hf-transfer-cnn push out", status_code=500)
+
+    monkeypatch.setitem(script["main"].__globals__, "run_finetune", failing)
+    monkeypatch.setitem(script["main"].__globals__, "parse_recipe_args", lambda argv: (None,) * 4)
+    assert script["main"]([]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {message}" and "Traceback" not in err
