@@ -216,7 +216,11 @@ def test_custom_head_save_load_roundtrip(tiny_checkpoints, tmp_path):
     assert (tmp_path / "saved" / "preprocessor_config.json").exists()
     again = TransferModel.from_pretrained(tmp_path / "saved", trainable_stages=2).eval()
     assert again.head_spec == HeadSpec(hidden_sizes=(24, 12), dropout=0.2, pooling="concat")
-    assert torch.equal(again(x).logits, expected)
+    saved, loaded = model.state_dict(), again.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    # the weights are bit-identical; the logits agree up to float rounding (after other Trainer runs in the same
+    # process, two separately built fused frozen-prefix graphs were seen to differ in the last bit)
+    torch.testing.assert_close(again(x).logits, expected, rtol=0, atol=1e-6)
     assert [n for n, p in again.named_parameters() if p.requires_grad] == \
         [n for n, p in model.named_parameters() if p.requires_grad]
 
