@@ -124,13 +124,17 @@ def test_prefix_graph_follows_fast_options(tiny_checkpoints, monkeypatch):
     assert isinstance(graph, torch.jit.ScriptModule) and not isinstance(graph, F.OneDNNGraph)
 
 
-def test_prefix_graph_per_input_size_built_once(tiny_checkpoints, monkeypatch):
-    """Alternating input sizes (multi-scale, TTA, train vs eval size) reuse one graph per size."""
+def _two_size_setup(tiny_checkpoints, monkeypatch):
+    """(model with a frozen prefix, its plain reference, the recorded prefix builds, inputs of two sizes)."""
     path = tiny_checkpoints["efficientnet"]
     model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
     reference = _plain_reference(model, path).eval()
-    builds = _count_prefix_builds(monkeypatch)
-    xs = [torch.randn(3, 3, 40, 40), torch.randn(3, 3, 48, 48)]
+    return model, reference, _count_prefix_builds(monkeypatch), [torch.randn(3, 3, 40, 40), torch.randn(3, 3, 48, 48)]
+
+
+def test_prefix_graph_per_input_size_built_once(tiny_checkpoints, monkeypatch):
+    """Alternating input sizes (multi-scale, TTA, train vs eval size) reuse one graph per size."""
+    model, reference, builds, xs = _two_size_setup(tiny_checkpoints, monkeypatch)
     with torch.no_grad():
         for i in range(6):
             x = xs[i % 2]
@@ -143,11 +147,7 @@ def test_prefix_graph_per_input_size_built_once(tiny_checkpoints, monkeypatch):
 
 
 def test_prefix_graph_built_once_under_concurrent_calls(tiny_checkpoints, monkeypatch):
-    path = tiny_checkpoints["efficientnet"]
-    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
-    reference = _plain_reference(model, path).eval()
-    builds = _count_prefix_builds(monkeypatch)
-    xs = [torch.randn(3, 3, 40, 40), torch.randn(3, 3, 48, 48)]
+    model, reference, builds, xs = _two_size_setup(tiny_checkpoints, monkeypatch)
     with torch.no_grad():
         expected = [reference(x).logits for x in xs]
     results, errors = {}, []
