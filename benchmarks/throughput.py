@@ -3,7 +3,8 @@
     python benchmarks/throughput.py [--image-size 96] [--batch-size 32] [--device cpu|cuda] [--bf16] [--channels-last]
 
 Rows: plain transformers eager inference (the "limit"), a naive frozen backbone (requires_grad off, BN eval),
-a plain full fine-tune step, and our feature extraction / top-2 fine-tune / full fine-tune steps (defaults).
+a plain full fine-tune step, and our feature extraction / top-2 fine-tune / full fine-tune steps (defaults);
+`--ablate OPTION` adds our top-2 step with that `FastOptions` switch off, to show what it contributes.
 The configurations of a comparison are timed round-robin (every round times each in turn) and each ratio is the
 median of the per-round ratios, so drift in the host's speed, large on a shared VM, does not land on one side of
 it. By default the round-robin runs within two groups, inference-like (eager inference, naive frozen step, our
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import MobileNetV2Config, MobileNetV2ForImageClassification  # noqa: E402
 
 from hf_transfer_cnn import TransferModel  # noqa: E402
+from hf_transfer_cnn.freezing import FastOptions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -118,6 +120,10 @@ def main(argv=None):
     ap.add_argument("--interleave", choices=("groups", "all"), default="groups",
                     help="round-robin within the inference-like and fine-tuning groups (default), or over all six")
     ap.add_argument("--tag", default="", help="suffix of the result file (throughput-<tag>.json)")
+    ap.add_argument("--ablate", action="append", default=[], metavar="OPTION",
+                    choices=[k for k, f in FastOptions.__dataclass_fields__.items() if f.default is True],
+                    help="also time our top-2 step with this FastOptions switch off, in the same round-robin "
+                         "(repeatable)")
     args = parse_args(ap, argv)
 
     dev = torch.device(args.device)
@@ -136,8 +142,11 @@ def main(argv=None):
                                                               ignore_mismatched_sizes=True).to(dev)
         return m.to(memory_format=fmt)
 
-    def ours(stages):
-        return TransferModel.from_pretrained(ckpt, num_labels=10, trainable_stages=stages).to(dev)
+    def ours(stages, **off):
+        model = TransferModel.from_pretrained(ckpt, num_labels=10, trainable_stages=stages).to(dev)
+        if off:
+            model.freeze(stages, fast=FastOptions(**off))
+        return model
 
     m = plain(1000).eval()
 
@@ -162,6 +171,8 @@ def main(argv=None):
         "ours top-2 fine-tune step": train_step_fn(ours(2), x, y, autocast),
         "ours full fine-tune step": train_step_fn(ours("all"), x, y, autocast),
     }
+    for option in args.ablate:
+        steps[f"ours top-2, {option} off"] = train_step_fn(ours(2, **{option: False}), x, y, autocast)
     groups = timing_groups(list(steps), args.interleave)
     rounds = {}
     for group in groups:
@@ -174,6 +185,8 @@ def main(argv=None):
         "top2_finetune / plain_full_finetune (target >= 3)": ("ours top-2 fine-tune step", "plain full fine-tune step"),
         "ours_full / plain_full": ("ours full fine-tune step", "plain full fine-tune step"),
     }
+    for option in args.ablate:
+        ratio_pairs[f"top2 / top2 with {option} off"] = ("ours top-2 fine-tune step", f"ours top-2, {option} off")
     # per round: img/s of the first / img/s of the second = seconds of the second / seconds of the first
     per_round = {k: [b / a for a, b in zip(rounds[fast], rounds[slow])] for k, (fast, slow) in ratio_pairs.items()}
     ratios = {k: statistics.median(v) for k, v in per_round.items()}

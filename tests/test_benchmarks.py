@@ -254,3 +254,23 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(fm, tmp_path, monkeypat
     erased = run(tmp_path / "b", "--random-erasing", "0.5")
     assert erased["resumed_from"] is None and erased["random_erasing"] == 0.5
     assert len(list((tmp_path / "b" / "checkpoints").glob("lenet5-10-*"))) == 3
+
+
+def test_throughput_ablation_row(monkeypatch, tmp_path):
+    """`--ablate OPTION` adds our top-2 step with that FastOptions switch off, and its ratio, to the same run."""
+    import statistics
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("throughput", None)
+    import throughput
+
+    monkeypatch.setattr(throughput, "RESULTS", tmp_path / "results")
+    out = throughput.main(["--image-size", "32", "--batch-size", "2", "--batches", "1", "--repeats", "3",
+                           "--ablate", "enabled", "--tag", "t", "--workdir", str(tmp_path)])
+    key = "top2 / top2 with enabled off"
+    assert "ours top-2, enabled off" in out["img_per_s"] and len(out["ratio_per_round"][key]) == 3
+    assert out["ratios"][key] == pytest.approx(statistics.median(out["ratio_per_round"][key]), rel=1e-2)
+    assert json.loads((tmp_path / "results" / "throughput-t.json").read_text())["ratios"] == out["ratios"]
+    with pytest.raises(SystemExit):  # compile is off by default: nothing to ablate
+        throughput.main(["--ablate", "compile", "--workdir", str(tmp_path)])
