@@ -10,7 +10,8 @@ A frozen stage is an inference-only piece of the network:
 
 Frozen stages are always a prefix (stem, stage1, ...): "trainable_stages=N" makes the top N units train.
 Both switches are instance attributes on the stage's modules (``forward`` and ``train``), so the stored
-parameters, their names and the state dict are untouched, and unfreezing just removes them. An instance
+parameters, their names and the state dict are untouched, and unfreezing just removes them; nn.DataParallel's
+per-step replicas of a frozen module are frozen the same way and run their own device's weights. An instance
 ``forward`` already there (an accelerate hook: ``device_map`` dispatch, ``cpu_offload``) keeps running inside the
 frozen one and is put back on unfreeze; such modules run as they are, without an inference copy.
 
@@ -139,6 +140,18 @@ def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
+def _frozen_replicate(self: nn.Module) -> nn.Module:
+    """nn.DataParallel's per-step replica of a frozen module: frozen too, running itself (its device's weights), not
+    the original, and without inference copies (its weights are new tensors at every step)."""
+    replica = nn.Module._replicate_for_data_parallel(self)
+    forward = self.__dict__.get("forward")
+    replica.forward = _FrozenForward(replica, forward.inner if isinstance(forward, _FrozenForward) else forward)
+    replica.train = _Bound(_frozen_train, replica)
+    replica._replicate_for_data_parallel = _Bound(_frozen_replicate, replica)
+    replica.__dict__.pop(_FAST, None)
+    return replica
+
+
 class _Bound:
     """``fn`` bound to a module, stored as an instance attribute; unlike a bound method it pickles."""
 
@@ -192,6 +205,7 @@ def _freeze_module(module: nn.Module, fast: FastOptions | None) -> None:
         return
     module.forward = _FrozenForward(module, module.__dict__.get("forward"))
     module.train = _Bound(_frozen_train, module)
+    module._replicate_for_data_parallel = _Bound(_frozen_replicate, module)
     object.__setattr__(module, _FROZEN_FLAG, True)
     nn.Module.train(module, False)
 
@@ -205,7 +219,7 @@ def _thaw_module(module: nn.Module, training: bool) -> None:
             else:
                 del module.__dict__["forward"]
         # else: wrapped since freezing (a hook added later): the wrapper stays, and our forward now passes through
-        for attr in ("train", _FROZEN_FLAG, _FAST):
+        for attr in ("train", "_replicate_for_data_parallel", _FROZEN_FLAG, _FAST):
             module.__dict__.pop(attr, None)
     nn.Module.train(module, training)
 
@@ -320,27 +334,31 @@ def _version_key(module: nn.Module) -> tuple:
     return tuple((t.data_ptr(), t._version, t.dtype) for t in itertools.chain(module.parameters(), module.buffers()))
 
 
+_SLOT_LOCK = threading.RLock()  # a slot is checked, reset and filled by one thread at a time
+
+
 def _fast_call(module: nn.Module, x: torch.Tensor):
     slot: _FastSlot = module.__dict__[_FAST]
     key = _version_key(module)
-    if slot.key != key:  # the stored weights changed (load_state_dict, .to(), ...): rebuild
-        if _has_hooks(module):  # hooked since freezing (dispatch, offloading): no copy, run it as it is
-            module.__dict__.pop(_FAST, None)
-            return type(module).forward(module, x)
-        slot.copies, slot.key, slot.no_graph = {}, key, False
-    autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
-    use_jit = (slot.options.jit and not slot.options.compile and not slot.no_graph and x.device.type == "cpu"
-               and not autocast)
-    sig = (tuple(x.shape[1:]), x.dtype, x.device, autocast) if use_jit else (x.dtype, x.device, autocast)
-    fn = slot.copies.get(sig)
-    if fn is None:
-        if len(slot.copies) >= _MAX_SHAPES:
-            slot.copies.clear()
-        fn = build_inference_copy(module, x, slot.options, use_jit=use_jit)
-        if use_jit and not is_inference_graph(fn):  # it won't trace: stay eager for all sizes
-            slot.no_graph = True
-            sig = (x.dtype, x.device, autocast)
-        slot.copies[sig] = fn
+    with _SLOT_LOCK:
+        if slot.key != key:  # the stored weights changed (load_state_dict, .to(), ...): rebuild
+            if _has_hooks(module):  # hooked since freezing (dispatch, offloading): no copy, run it as it is
+                module.__dict__.pop(_FAST, None)
+                return type(module).forward(module, x)
+            slot.copies, slot.key, slot.no_graph = {}, key, False
+        autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
+        use_jit = (slot.options.jit and not slot.options.compile and not slot.no_graph and x.device.type == "cpu"
+                   and not autocast)
+        sig = (tuple(x.shape[1:]), x.dtype, x.device, autocast) if use_jit else (x.dtype, x.device, autocast)
+        fn = slot.copies.get(sig)
+        if fn is None:
+            if len(slot.copies) >= _MAX_SHAPES:
+                slot.copies.clear()
+            fn = build_inference_copy(module, x, slot.options, use_jit=use_jit)
+            if use_jit and not is_inference_graph(fn):  # it won't trace: stay eager for all sizes
+                slot.no_graph = True
+                sig = (x.dtype, x.device, autocast)
+            slot.copies[sig] = fn
     if slot.options.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return fn(x)
@@ -447,7 +465,7 @@ def clear_inference_copies(model: nn.Module) -> None:
 def _plain_copy(module: nn.Module) -> nn.Module:
     clone = copy.deepcopy(module)
     for m in clone.modules():
-        for attr in ("forward", "train", _FROZEN_FLAG, _FAST):
+        for attr in ("forward", "train", "_replicate_for_data_parallel", _FROZEN_FLAG, _FAST):
             m.__dict__.pop(attr, None)
     clone.eval()
     for p in clone.parameters():
@@ -501,7 +519,8 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
     otherwise the copy falls back one level (unfolded eager copy, or eager instead of the graph).
     """
     probe = x[:2]  # per-sample ops: a couple of samples are enough to build and check the copy
-    check = x[:3] if len(x) >= 3 else x
+    # checked at another batch size than the probe's, so a graph that baked the batch size in is caught
+    check = x[:3] if len(x) >= 3 else torch.cat([x, x[:1]])
     with torch.no_grad():
         plain = _plain_copy(module)  # a copy without frozen-module hooks: the plain computation
         reference = plain(probe)

@@ -196,3 +196,122 @@ def test_clear_inference_copies_picks_up_data_writes(tiny_checkpoints):
         reference = _plain_reference(model, path).eval()
         with torch.no_grad():
             torch.testing.assert_close(got, reference(x).logits, rtol=1e-4, atol=1e-5)
+
+
+def _count_module_builds(monkeypatch) -> list:
+    """Record every per-module inference-copy build (which module, input size)."""
+    builds = []
+    original = F.build_inference_copy
+
+    def counting(module, x, options=FastOptions(), use_jit=False):
+        if not isinstance(module, torch.nn.Sequential):
+            builds.append((id(module), tuple(x.shape[1:])))
+        return original(module, x, options, use_jit=use_jit)
+
+    monkeypatch.setattr(F, "build_inference_copy", counting)
+    return builds
+
+
+def test_per_module_copies_built_once_under_concurrent_calls(tiny_checkpoints, monkeypatch):
+    """Hidden states make each frozen unit run its own inference copy; threads sharing the model build each once."""
+    path = tiny_checkpoints["resnet"]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
+    reference = _plain_reference(model, path).eval()
+    builds = _count_module_builds(monkeypatch)
+    x = torch.randn(3, 3, 40, 40)
+    with torch.no_grad():
+        expected = reference(x).logits
+    results, errors = [], []
+    start = threading.Barrier(4)
+
+    def work():
+        try:
+            start.wait()
+            with torch.no_grad():
+                results.extend(model(x, output_hidden_states=True).logits for _ in range(2))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 8
+    n_frozen_modules = sum(len(u.modules) for u in model.stage_units()[:-1])
+    assert len(builds) == len(set(builds)) == n_frozen_modules
+    for out in results:
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("first_batch", [1, 2])
+def test_inference_graph_checked_at_another_batch_size(tiny_checkpoints, monkeypatch, first_batch):
+    """A graph traced on the first batch is checked on a batch of another size, however small the first one is,
+    so a graph that baked the batch size in never goes into use."""
+    seen = []
+    original = F._freeze_graph
+
+    def recording(module, x, check, expected, fuse=True):
+        seen.append((len(x), len(check), len(expected)))
+        return original(module, x, check, expected, fuse=fuse)
+
+    monkeypatch.setattr(F, "_freeze_graph", recording)
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3, trainable_stages=1).eval()
+    with torch.no_grad():
+        model(torch.randn(first_batch, 3, 40, 40), output_hidden_states=True)  # per-module graphs
+        model(torch.randn(first_batch, 3, 48, 48))  # the whole-prefix graph
+    assert len(seen) >= 2
+    assert all(probe == first_batch and check == expected == first_batch + 1 for probe, check, expected in seen)
+
+
+def _replicate_like_data_parallel(network: torch.nn.Module) -> torch.nn.Module:
+    """torch.nn.parallel.replicate for one replica on the same device (it needs CUDA): every module's
+    `_replicate_for_data_parallel`, then a differentiable copy of each weight set as a plain attribute."""
+    modules = list(network.modules())
+    copies = [m._replicate_for_data_parallel() for m in modules]
+    index = {m: i for i, m in enumerate(modules)}
+    for m, r in zip(modules, copies):
+        for key, child in m._modules.items():
+            r._modules[key] = None if child is None else copies[index[child]]
+        for key, p in m._parameters.items():
+            if p is None:
+                r._parameters[key] = None
+            else:
+                setattr(r, key, p.clone())
+        for key, b in m._buffers.items():
+            if b is not None:
+                setattr(r, key, b.clone())
+    return copies[0]
+
+
+def test_data_parallel_replica_is_frozen_and_runs_its_own_weights(tiny_checkpoints, monkeypatch):
+    """nn.DataParallel replicates the model at every step, each replica on its device. A replica's frozen stages must
+    run the replica's weights (the original's are on another device), stay frozen, and build no inference copies
+    (new weight tensors every step); gradients reach the original's trainable parameters only."""
+    path = tiny_checkpoints["resnet"]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).train()
+    builds = _count_module_builds(monkeypatch)
+    prefix_builds = _count_prefix_builds(monkeypatch)
+    x, labels = torch.randn(4, 3, 40, 40), torch.tensor([0, 1, 2, 0])
+    torch.manual_seed(0)
+    expected = model(pixel_values=x).logits.detach()
+    builds.clear(), prefix_builds.clear()
+
+    replica = _replicate_like_data_parallel(model)
+    frozen_units = [u for u in replica.stage_units() if u.name in model.freeze_state.frozen_stage_names]
+    assert frozen_units and all(F.is_frozen(m) and m.forward.module is m and not m.training
+                                for u in frozen_units for m in u.modules)
+    torch.manual_seed(0)
+    out = replica(pixel_values=x, labels=labels)
+    out.loss.backward()
+    assert builds == [] and prefix_builds == []
+    torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-5)
+    trainable = set(model.freeze_state.trainable_stage_names)
+    for u in model.stage_units():
+        assert all((p.grad is not None) == (u.name in trainable) for p in u.parameters())
+
+    first = frozen_units[0].modules[0]  # the replica's own weights are what runs
+    conv = next(m for m in first.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.weight = conv.weight.detach() * 0
+    with torch.no_grad():
+        assert not torch.allclose(replica(pixel_values=x).logits, model.eval()(pixel_values=x).logits)
