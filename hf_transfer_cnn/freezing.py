@@ -145,11 +145,21 @@ def _frozen_replicate(self: nn.Module) -> nn.Module:
     the original, and without inference copies (its weights are new tensors at every step)."""
     replica = nn.Module._replicate_for_data_parallel(self)
     forward = self.__dict__.get("forward")
-    replica.forward = _FrozenForward(replica, forward.inner if isinstance(forward, _FrozenForward) else forward)
-    replica.train = _Bound(_frozen_train, replica)
-    replica._replicate_for_data_parallel = _Bound(_frozen_replicate, replica)
+    _install_frozen(replica, forward.inner if isinstance(forward, _FrozenForward) else forward)
     replica.__dict__.pop(_FAST, None)
     return replica
+
+
+# what freezing sets on a module's instance dict besides `forward` (removed on thaw and from inference copies)
+_FROZEN_ATTRS = ("train", "_replicate_for_data_parallel", _FROZEN_FLAG, _FAST)
+
+
+def _install_frozen(module: nn.Module, inner) -> None:
+    """Make `module` run frozen: its forward (around `inner`, the instance forward it had), train() and DataParallel
+    replication."""
+    module.forward = _FrozenForward(module, inner)
+    module.train = _Bound(_frozen_train, module)
+    module._replicate_for_data_parallel = _Bound(_frozen_replicate, module)
 
 
 class _Bound:
@@ -203,9 +213,7 @@ def _freeze_module(module: nn.Module, fast: FastOptions | None) -> None:
         module.__dict__.pop(_FAST, None)
     if getattr(module, _FROZEN_FLAG, False):
         return
-    module.forward = _FrozenForward(module, module.__dict__.get("forward"))
-    module.train = _Bound(_frozen_train, module)
-    module._replicate_for_data_parallel = _Bound(_frozen_replicate, module)
+    _install_frozen(module, module.__dict__.get("forward"))
     object.__setattr__(module, _FROZEN_FLAG, True)
     nn.Module.train(module, False)
 
@@ -219,7 +227,7 @@ def _thaw_module(module: nn.Module, training: bool) -> None:
             else:
                 del module.__dict__["forward"]
         # else: wrapped since freezing (a hook added later): the wrapper stays, and our forward now passes through
-        for attr in ("train", "_replicate_for_data_parallel", _FROZEN_FLAG, _FAST):
+        for attr in _FROZEN_ATTRS:
             module.__dict__.pop(attr, None)
     nn.Module.train(module, training)
 
@@ -465,7 +473,7 @@ def clear_inference_copies(model: nn.Module) -> None:
 def _plain_copy(module: nn.Module) -> nn.Module:
     clone = copy.deepcopy(module)
     for m in clone.modules():
-        for attr in ("forward", "train", "_replicate_for_data_parallel", _FROZEN_FLAG, _FAST):
+        for attr in ("forward", *_FROZEN_ATTRS):
             m.__dict__.pop(attr, None)
     clone.eval()
     for p in clone.parameters():

@@ -18,18 +18,40 @@ def _plain_reference(model: TransferModel, path) -> TransferModel:
     return reference
 
 
-def _count_prefix_builds(monkeypatch) -> list:
-    """Record the options of every whole-prefix graph build (an nn.Sequential of frozen modules)."""
-    builds = []
+def _record_builds(monkeypatch) -> tuple[list, list]:
+    """Record every inference-copy build: whole-prefix graphs (an nn.Sequential of frozen modules) as (input size,
+    options), per-module copies as (which module, input size)."""
+    prefix, per_module = [], []
     original = F.build_inference_copy
 
-    def counting(module, x, options=FastOptions(), use_jit=False):
+    def recording(module, x, options=FastOptions(), use_jit=False):
         if isinstance(module, torch.nn.Sequential):
-            builds.append((tuple(x.shape[1:]), options))
+            prefix.append((tuple(x.shape[1:]), options))
+        else:
+            per_module.append((id(module), tuple(x.shape[1:])))
         return original(module, x, options, use_jit=use_jit)
 
-    monkeypatch.setattr(F, "build_inference_copy", counting)
-    return builds
+    monkeypatch.setattr(F, "build_inference_copy", recording)
+    return prefix, per_module
+
+
+def _run_concurrently(work, n: int = 4) -> None:
+    """Run ``work(i)`` for i in 0..n-1, each in a thread, all released at once; fail on any thread's error."""
+    start, errors = threading.Barrier(n), []
+
+    def run(i):
+        try:
+            start.wait()
+            work(i)
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
 
 
 def test_input_gradient_reaches_the_input_but_not_frozen_stages_kept_for_later(tiny_checkpoints):
@@ -112,7 +134,7 @@ def test_prefix_graph_follows_fast_options(tiny_checkpoints, monkeypatch):
     path = tiny_checkpoints["efficientnet"]
     model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2).eval()
     reference = _plain_reference(model, path).eval()
-    builds = _count_prefix_builds(monkeypatch)
+    builds = _record_builds(monkeypatch)[0]
     x = torch.randn(4, 3, 40, 40)
     with torch.no_grad():
         model(x)
@@ -129,7 +151,7 @@ def _two_size_setup(tiny_checkpoints, monkeypatch):
     path = tiny_checkpoints["efficientnet"]
     model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
     reference = _plain_reference(model, path).eval()
-    return model, reference, _count_prefix_builds(monkeypatch), [torch.randn(3, 3, 40, 40), torch.randn(3, 3, 48, 48)]
+    return model, reference, _record_builds(monkeypatch)[0], [torch.randn(3, 3, 40, 40), torch.randn(3, 3, 48, 48)]
 
 
 def test_prefix_graph_per_input_size_built_once(tiny_checkpoints, monkeypatch):
@@ -150,23 +172,13 @@ def test_prefix_graph_built_once_under_concurrent_calls(tiny_checkpoints, monkey
     model, reference, builds, xs = _two_size_setup(tiny_checkpoints, monkeypatch)
     with torch.no_grad():
         expected = [reference(x).logits for x in xs]
-    results, errors = {}, []
-    start = threading.Barrier(4)
+    results = {}
 
     def work(i):
-        try:
-            start.wait()
-            with torch.no_grad():
-                results[i] = [model(xs[(i + k) % 2]).logits for k in range(3)]
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
+        with torch.no_grad():
+            results[i] = [model(xs[(i + k) % 2]).logits for k in range(3)]
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    _run_concurrently(work)
     assert sorted(s for s, _ in builds) == [(3, 40, 40), (3, 48, 48)]
     for i, outs in results.items():
         for k, out in enumerate(outs):
@@ -198,46 +210,23 @@ def test_clear_inference_copies_picks_up_data_writes(tiny_checkpoints):
             torch.testing.assert_close(got, reference(x).logits, rtol=1e-4, atol=1e-5)
 
 
-def _count_module_builds(monkeypatch) -> list:
-    """Record every per-module inference-copy build (which module, input size)."""
-    builds = []
-    original = F.build_inference_copy
-
-    def counting(module, x, options=FastOptions(), use_jit=False):
-        if not isinstance(module, torch.nn.Sequential):
-            builds.append((id(module), tuple(x.shape[1:])))
-        return original(module, x, options, use_jit=use_jit)
-
-    monkeypatch.setattr(F, "build_inference_copy", counting)
-    return builds
-
-
 def test_per_module_copies_built_once_under_concurrent_calls(tiny_checkpoints, monkeypatch):
     """Hidden states make each frozen unit run its own inference copy; threads sharing the model build each once."""
     path = tiny_checkpoints["resnet"]
     model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
     reference = _plain_reference(model, path).eval()
-    builds = _count_module_builds(monkeypatch)
+    builds = _record_builds(monkeypatch)[1]
     x = torch.randn(3, 3, 40, 40)
     with torch.no_grad():
         expected = reference(x).logits
-    results, errors = [], []
-    start = threading.Barrier(4)
+    results = []
 
-    def work():
-        try:
-            start.wait()
-            with torch.no_grad():
-                results.extend(model(x, output_hidden_states=True).logits for _ in range(2))
-        except Exception as err:  # pragma: no cover - reported below
-            errors.append(err)
+    def work(i):
+        with torch.no_grad():
+            results.extend(model(x, output_hidden_states=True).logits for _ in range(2))
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(results) == 8
+    _run_concurrently(work)
+    assert len(results) == 8
     n_frozen_modules = sum(len(u.modules) for u in model.stage_units()[:-1])
     assert len(builds) == len(set(builds)) == n_frozen_modules
     for out in results:
@@ -290,12 +279,12 @@ def test_data_parallel_replica_is_frozen_and_runs_its_own_weights(tiny_checkpoin
     (new weight tensors every step); gradients reach the original's trainable parameters only."""
     path = tiny_checkpoints["resnet"]
     model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).train()
-    builds = _count_module_builds(monkeypatch)
-    prefix_builds = _count_prefix_builds(monkeypatch)
+    prefix_builds, builds = _record_builds(monkeypatch)
     x, labels = torch.randn(4, 3, 40, 40), torch.tensor([0, 1, 2, 0])
     torch.manual_seed(0)
     expected = model(pixel_values=x).logits.detach()
-    builds.clear(), prefix_builds.clear()
+    builds.clear()
+    prefix_builds.clear()
 
     replica = _replicate_like_data_parallel(model)
     frozen_units = [u for u in replica.stage_units() if u.name in model.freeze_state.frozen_stage_names]
