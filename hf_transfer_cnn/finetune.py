@@ -116,6 +116,9 @@ def parse_recipe_args(argv: list[str] | None = None):
     model_args, data_args, transform_args, training_args = parser.parse_args_into_dataclasses(args=rest)
     if model_args.strategy not in STRATEGIES:
         raise ValueError(f"strategy={model_args.strategy!r}; use one of {', '.join(STRATEGIES)}.")
+    if model_args.strategy == "feature_extraction" and model_args.stage_lr_decay is not None:
+        raise ValueError("stage_lr_decay sets the learning rates of backbone stages, and feature_extraction trains "
+                         "none; drop it, or use strategy fine_tuning, gradual or full.")
     return model_args, data_args, transform_args, training_args
 
 
@@ -144,8 +147,10 @@ def build_freeze_plan(model_args: ModelArguments, total_steps: int):
     s = model_args.strategy
     if s == "feature_extraction":
         return 0, None
-    if s == "full":
-        return "all", None
+    if s == "full":  # a scheduler only for discriminative learning rates: every stage trains from step 0
+        if model_args.stage_lr_decay is None:
+            return "all", None
+        return "all", FreezeScheduler(schedule=[(0, "all")], stage_lr_decay=model_args.stage_lr_decay)
     if s == "fine_tuning":
         sched = FreezeScheduler(schedule=[(0, model_args.stages())], stage_lr_decay=model_args.stage_lr_decay)
         return model_args.stages(), sched

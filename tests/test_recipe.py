@@ -215,6 +215,42 @@ def test_rerun_never_loses_an_earlier_runs_checkpoint(tiny_checkpoints, color_fo
                                                 "--resume_from_checkpoint", "last"]))
 
 
+def test_full_strategy_applies_stage_lr_decay(tiny_checkpoints, color_folder, tmp_path):
+    """strategy=full with stage_lr_decay: the head's update is unchanged, the top stage's is d times, the next d²
+    times that of the same run without the decay (one SGD step from the same weights and batch), and the card says
+    so; feature_extraction, which trains no stage, refuses the option."""
+    from hf_transfer_cnn.freezing import units_for
+
+    base = ["--model_name_or_path", tiny_checkpoints["resnet"], "--train_dir", str(color_folder / "train"),
+            "--use_cpu", "--report_to", "none", "--image_size", "32", "--per_device_train_batch_size", "8",
+            "--strategy", "full", "--max_steps", "1", "--optim", "sgd", "--weight_decay", "0",
+            "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--max_grad_norm", "0", "--learning_rate",
+            "0.1", "--save_strategy", "no", "--evaluate_before_training", "false"]
+    start = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3)
+    stage_of = {id(p): u.name for u in units_for(start) for p in u.parameters()}
+    stage_of = {n: stage_of.get(id(p), "head") for n, p in start.named_parameters()}
+
+    def run(out: Path, *extra) -> dict[str, torch.Tensor]:
+        run_finetune(*parse_recipe_args(base + ["--output_dir", str(out), *extra]))
+        trained, before = dict(TransferModel.from_pretrained(out).named_parameters()), dict(start.named_parameters())
+        groups: dict[str, list[torch.Tensor]] = {}
+        for n, stage in stage_of.items():
+            groups.setdefault(stage, []).append((trained[n] if stage == "head" else trained[n] - before[n]).reshape(-1))
+        return {stage: torch.cat(ts).detach() for stage, ts in groups.items()}
+
+    plain = run(tmp_path / "plain")
+    decayed = run(tmp_path / "decayed", "--stage_lr_decay", "0.5")
+    assert torch.equal(decayed["head"], plain["head"])  # same initial head (seeded), same update
+    names = [u.name for u in units_for(start)]
+    for depth, name in enumerate(reversed(names), start=1):
+        expected = plain[name] * 0.5 ** depth  # (differences of stored weights: rounding at the weights' scale)
+        assert expected.norm() > 0 and (decayed[name] - expected).norm() < 1e-4 * expected.norm(), name
+    assert "stage_lr_decay:** 0.5" in (tmp_path / "decayed" / "README.md").read_text()
+    with pytest.raises(ValueError, match="feature_extraction trains none"):
+        parse_recipe_args(base[:base.index("full")] + ["feature_extraction"] + base[base.index("full") + 1:]
+                          + ["--output_dir", str(tmp_path / "fe"), "--stage_lr_decay", "0.5"])
+
+
 def test_every_shipped_recipe_parses():
     recipes = sorted((REPO / "recipes").glob("*.yaml"))
     assert {p.stem for p in recipes} >= {"quickstart", "feature_extraction", "fine_tuning", "gradual", "full",
