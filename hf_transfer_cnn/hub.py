@@ -39,8 +39,10 @@ logger = logging.getLogger(__name__)
 
 CARD_TAGS = ("hf-transfer-cnn", "image-classification", "transfer-learning")
 
-# Left out of a push: training checkpoints, TensorBoard runs and resume-only optimizer state.
+# Left out of a push: training checkpoints, TensorBoard runs, resume-only optimizer state, and Trainer's pickled
+# TrainingArguments (training_args.bin holds hub_token; the model card and all_results.json record the settings).
 PUSH_IGNORE_PATTERNS = [
+    "training_args.bin",
     "checkpoints/",
     "checkpoint-*/",
     "runs/",

@@ -340,6 +340,9 @@ def test_recipe_push_round_trip_and_failure(fake_hub, tiny_checkpoints, color_fo
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "all_results.json",
                  "training_curves.png", "confusion_matrix.png"):
         assert files[name] == (out / name).read_bytes(), name
+    # Trainer pickles TrainingArguments, hub_token included, into training_args.bin: kept local, never uploaded
+    assert b"hf_test" in (out / "training_args.bin").read_bytes()
+    assert "training_args.bin" not in files and not any(b"hf_test" in data for data in files.values())
     x = torch.randn(2, 3, 32, 32)
     local = TransferModel.from_pretrained(out).eval()
     remote = TransferModel.from_pretrained("fake-user/colors").eval()
