@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -680,15 +681,25 @@ class TransferModel(nn.Module):
 
     # -- saving ---------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> Any:
-        """Save weights and config under the native class name, plus the image processor."""
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *args,
+                        push_to_hub: bool = False, **kwargs) -> Any:
+        """Save weights and config under the native class name, plus the image processor.
+
+        With ``push_to_hub=True`` (and transformers' ``repo_id``, ``commit_message``, ``create_pr``, ``private``,
+        ``token``) the folder is uploaded after all of it is written, through `push_to_hub`.
+        """
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private", "revision",
+                                          "commit_description", "tags") if k in kwargs}
+        hub.update({k: kwargs[k] for k in ("token", "max_shard_size") if k in kwargs})
+        result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        if is_main_process:
             native = self._native_class.__name__ if self._native_class else type(self).__name__
             self.config.architectures = [native]
             self.config.save_pretrained(save_directory)
             if self.image_processor is not None:
                 self.image_processor.save_pretrained(save_directory)
+            if push_to_hub:  # transformers would upload inside super().save_pretrained, before the lines above
+                self.push_to_hub(hub.pop("repo_id", Path(save_directory).name), **hub)
         return result
 
 

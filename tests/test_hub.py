@@ -140,6 +140,28 @@ def test_model_push_to_hub(fake_hub, tmp_path):  # noqa: F811
     torch.testing.assert_close(plain, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_save_pretrained_push_to_hub_uploads_the_complete_folder(fake_hub, tmp_path):  # noqa: F811
+    """save_pretrained(dir, push_to_hub=True) uploads what the folder ends up holding: the native architecture name
+    and the (1-channel, 40 px) image processor, not the state halfway through saving."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    model = TransferModel.from_pretrained(make_checkpoint("resnet", tmp_path / "base"), num_labels=3, num_channels=1,
+                                          image_size=40).eval()
+    local = tmp_path / "local"
+    model.save_pretrained(local, push_to_hub=True, repo_id="fake-user/saved-and-pushed", commit_message="first")
+    files = fake_hub.files("fake-user/saved-and-pushed")
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
+        assert files[name] == (local / name).read_bytes(), name
+    assert json.loads(files["config.json"])["architectures"] == ["ResNetForImageClassification"]
+    proc = AutoImageProcessor.from_pretrained("fake-user/saved-and-pushed")
+    assert len(proc.image_mean) == 1 and proc.to_dict() == AutoImageProcessor.from_pretrained(local).to_dict()
+    assert proc.to_dict() == model.image_processor.to_dict()
+    x = torch.randn(2, 1, 40, 40, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain = AutoModelForImageClassification.from_pretrained("fake-user/saved-and-pushed").eval()(pixel_values=x)
+        torch.testing.assert_close(plain.logits, model(pixel_values=x).logits, rtol=1e-4, atol=1e-5)
+
+
 # --- (c) failures: clear error, retry hint, local files untouched -----------------------------------------
 
 def _assert_push_error(err: HubPushError, out: Path, repo: str) -> str:
