@@ -125,9 +125,18 @@ class FreezeScheduler(TrainerCallback):
         self._keep = later
         self._current = None
         self._apply(0, force=True)
+        trained = units[len(units) - max(counts):] if max(counts) else []
+        tf_style = [m for u in trained for mod in u.modules for m in mod.modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum > 0.5]
+        if tf_style:
+            logger.warning(
+                "FreezeScheduler: %d BatchNorm layers in the stages this schedule trains have momentum %g, TensorFlow's "
+                "decay convention (transformers' MobileNet/EfficientNet ports); in PyTorch their running statistics "
+                "would follow the last batch. Call hf_transfer_cnn.fix_tf_bn_momentum(model) before training, or "
+                "load the model with TransferModel.from_pretrained, which does.", len(tf_style), tf_style[0].momentum)
 
-    def attach(self, optimizer=None, lr_scheduler=None, *, max_steps: int | None = None,
-               steps_per_epoch: int | None = None, global_step: int = 0) -> None:
+    def attach(self, optimizer=None, lr_scheduler=None, *, model: nn.Module | None = None,
+               max_steps: int | None = None, steps_per_epoch: int | None = None, global_step: int = 0) -> None:
         """Validate against the optimizer/scheduler, fold ``lr_factor`` into the scheduler, apply ``global_step``.
 
         Call after the optimizer and scheduler exist (after ``accelerator.prepare``; when resuming, after loading
@@ -135,9 +144,39 @@ class FreezeScheduler(TrainerCallback):
         `lr_scheduler` (`LambdaLR`-based; for a constant LR use ``LambdaLR(optimizer, lambda step: 1.0)``) and
         ``stage_lr_decay`` needs `optimizer`; either missing raises a ValueError rather than being ignored.
         The factor follows the optimizer step given here and to `update`, however often the scheduler is stepped.
+        `model`: the prepared model; a DDP wrapper is checked for ``find_unused_parameters``, which stages that
+        unfreeze later need (they get no gradient until then).
         """
         if self._model is None:
             raise RuntimeError("Call FreezeScheduler.prepare_model(model) before attach().")
+        self._check_ddp_wrapper(model)
+        self._attach(optimizer, lr_scheduler, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
+                     global_step=global_step)
+
+    def _check_ddp_wrapper(self, model: nn.Module | None) -> None:
+        if not self._keep:
+            return
+        ddp, m = None, model
+        while m is not None and ddp is None:
+            if isinstance(m, nn.parallel.DistributedDataParallel):
+                ddp = m
+            m = getattr(m, "_orig_mod", None) or getattr(m, "module", None)
+        fix = ("build the Accelerator with kwargs_handlers=[accelerate.DistributedDataParallelKwargs("
+               "find_unused_parameters=True)] (or pass find_unused_parameters=True to DistributedDataParallel)")
+        if ddp is not None and not ddp.find_unused_parameters:
+            raise ValueError(f"FreezeScheduler keeps stages {sorted(self._keep)} registered with DDP for a later "
+                             "unfreeze; they get no gradient until then, and DDP with find_unused_parameters=False "
+                             f"fails on the second step. {fix[0].upper() + fix[1:]}.")
+        if model is None:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                logger.warning("FreezeScheduler: in a distributed run, stages %s get no gradient until they unfreeze, "
+                               "which DDP allows only with find_unused_parameters=True: %s. Pass attach(..., "
+                               "model=prepared_model) to have this checked.", sorted(self._keep), fix)
+
+    def _attach(self, optimizer, lr_scheduler, *, max_steps: int | None, steps_per_epoch: int | None,
+                global_step: int) -> None:
         if self._epoch_trigger is not None and not steps_per_epoch:
             raise ValueError("unfreeze_at_epoch needs steps_per_epoch (optimizer steps per epoch).")
         if self.lr_factor != 1.0 and lr_scheduler is None:
@@ -268,6 +307,7 @@ class FreezeScheduler(TrainerCallback):
             raise ValueError("FreezeScheduler needs the Trainer's model (Trainer(model=...); model_init is not supported).")
         self._check_args(args)
         self.prepare_model(model)
+        self._check_trainer_ddp(args, model)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None,
                        train_dataloader=None, **kwargs):
@@ -284,8 +324,9 @@ class FreezeScheduler(TrainerCallback):
             n = len(train_dataloader)
             gas = args.gradient_accumulation_steps
             steps_per_epoch = max(n // gas + int(n % gas > 0), 1)
-        self.attach(optimizer, lr_scheduler, max_steps=state.max_steps, steps_per_epoch=steps_per_epoch,
-                    global_step=state.global_step)
+        self._check_trainer_ddp(args, model)
+        self._attach(optimizer, lr_scheduler, max_steps=state.max_steps, steps_per_epoch=steps_per_epoch,
+                     global_step=state.global_step)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._apply(state.global_step)
@@ -329,11 +370,29 @@ class FreezeScheduler(TrainerCallback):
                 str(getattr(args.parallel_mode, "value", args.parallel_mode)) == "not_distributed":
             raise ValueError("Several GPUs without a distributed launch means nn.DataParallel, which frozen stages do "
                              "not support; launch with torchrun or accelerate launch (DDP), or use one GPU.")
-        checkpointing = getattr(args, "gradient_checkpointing", False) or getattr(args, "activation_checkpointing", False)
-        if getattr(args, "world_size", 1) > 1 and (args.ddp_find_unused_parameters is False or (
-                checkpointing and args.ddp_find_unused_parameters is None)):
-            raise ValueError("FreezeScheduler runs frozen-but-scheduled stages without gradients, which DDP only "
-                             "allows with find_unused_parameters; set ddp_find_unused_parameters=True or leave it unset.")
+
+    def _check_trainer_ddp(self, args, model) -> None:
+        """Stages kept for a later unfreeze get no gradient until then: DDP must run with find_unused_parameters,
+        which Trainer sets from ddp_find_unused_parameters, else off when activation checkpointing is on."""
+        if getattr(args, "world_size", 1) <= 1 or not self._keep:
+            return
+        explicit = getattr(args, "ddp_find_unused_parameters", None)
+        stages = sorted(self._keep)
+        if explicit is False:
+            raise ValueError(f"FreezeScheduler runs stages {stages} without gradients until they unfreeze, which DDP "
+                             "only allows with find_unused_parameters; set ddp_find_unused_parameters=True (or leave "
+                             "it unset).")
+        from transformers import PreTrainedModel
+
+        model = _unwrap_model(model) if model is not None else None
+        checkpointing = bool(getattr(args, "activation_checkpointing", False)
+                             or getattr(args, "gradient_checkpointing", False)
+                             or (isinstance(model, PreTrainedModel) and model.is_activation_checkpointing))
+        if explicit is None and checkpointing and isinstance(model, PreTrainedModel):
+            raise ValueError(f"With activation checkpointing on, Trainer turns DDP's find_unused_parameters off, but "
+                             f"FreezeScheduler runs stages {stages} without gradients until they unfreeze, which needs "
+                             "it. Set ddp_find_unused_parameters=True (with non-reentrant checkpointing: "
+                             "gradient_checkpointing_kwargs={'use_reentrant': False}), or turn checkpointing off.")
 
 
 def _unwrap_model(model: nn.Module) -> nn.Module:

@@ -442,9 +442,103 @@ def test_fsdp_and_deepspeed_refused():
     Args.fsdp, Args.deepspeed = None, "ds_config.json"
     with pytest.raises(ValueError, match="does not support DeepSpeed"):
         FreezeScheduler._check_args(Args)
-    Args.deepspeed, Args.world_size, Args.ddp_find_unused_parameters = None, 2, False
-    with pytest.raises(ValueError, match="find_unused_parameters"):
-        FreezeScheduler._check_args(Args)
+
+
+def test_tf_style_bn_momentum_in_trained_stages_is_warned_about(tiny_checkpoints, caplog):
+    """A plain transformers MobileNetV2 keeps TensorFlow's BN decay (0.997) as PyTorch momentum: its running stats
+    would follow the last batch once a stage trains. FreezeScheduler says so, with the fix; after the fix, or for a
+    TransferModel (converted on load) or a ResNet (0.1), or when no stage ever trains, it is silent."""
+    from hf_transfer_cnn import fix_tf_bn_momentum
+
+    def warned(model, **kw) -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.callbacks"):
+            FreezeScheduler(**kw).prepare_model(model)
+        return "fix_tf_bn_momentum(model)" in caplog.text
+
+    plain = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["mobilenet_v2"])
+    top = units_for(plain)[-1]
+    bns = [m for mod in top.modules for m in mod.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == pytest.approx(0.997) for m in bns)
+    assert warned(plain, unfreeze_at_step=2, num_stages=1)
+    assert "momentum 0.997" in caplog.text
+    assert not warned(plain, schedule=[(0, 0)])  # feature extraction: no BN layer trains
+    assert fix_tf_bn_momentum(plain) > 0 and all(m.momentum == pytest.approx(0.003) for m in bns)
+    assert not warned(plain, unfreeze_at_step=2, num_stages=1)
+    assert not warned(TransferModel.from_pretrained(tiny_checkpoints["mobilenet_v2"]), unfreeze_at_step=2,
+                      num_stages="all")
+    assert not warned(T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"]),
+                      unfreeze_at_step=2, num_stages="all")
+
+
+class DdpArgs:  # what a 2-process Trainer run looks like to the callback
+    deepspeed = deepspeed_plugin = fsdp = ddp_static_graph = parallel_mode = None
+    n_gpu = 0
+    world_size = 2
+    ddp_find_unused_parameters = None
+    activation_checkpointing = gradient_checkpointing = False
+
+
+def test_trainer_ddp_needs_find_unused_parameters_only_for_stages_kept_for_later(tiny_checkpoints):
+    """Stages registered for a later unfreeze get no gradient until then: Trainer's DDP must find unused params.
+    It does by default; ddp_find_unused_parameters=False, or activation checkpointing with it unset (Trainer then
+    turns it off), is refused at Trainer(...). With nothing kept for later (fine_tuning) False is allowed."""
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+
+    def init(args, **kw):
+        FreezeScheduler(**kw).on_init_end(args, None, None, model=model)
+
+    gradual, fixed = dict(unfreeze_at_step=2, num_stages=1), dict(schedule=[(0, 1)])
+    init(type("A", (DdpArgs,), {}), **gradual)  # unset, no checkpointing: Trainer uses find_unused=True
+    init(type("A", (DdpArgs,), {"ddp_find_unused_parameters": False}), **fixed)
+    with pytest.raises(ValueError, match=r"stages \['stage4'\] without gradients.*ddp_find_unused_parameters=True"):
+        init(type("A", (DdpArgs,), {"ddp_find_unused_parameters": False}), **gradual)
+    with pytest.raises(ValueError, match="With activation checkpointing on, Trainer turns"):
+        init(type("A", (DdpArgs,), {"activation_checkpointing": True}), **gradual)
+    init(type("A", (DdpArgs,), {"activation_checkpointing": True, "ddp_find_unused_parameters": True}), **gradual)
+    init(type("A", (DdpArgs,), {"ddp_find_unused_parameters": False, "world_size": 1}), **gradual)  # no DDP
+
+
+def test_plain_ddp_loop_checks_find_unused_parameters(tiny_checkpoints, caplog):
+    """A plain loop under DDP (what `accelerate launch` builds, find_unused_parameters=False by default): attach(...,
+    model=ddp) refuses it with the fix, instead of DDP failing at step 2; with find_unused_parameters=True the
+    kept stage runs frozen, then trains from its step. One gloo process, real DDP."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        data = Data(n=8)
+        batch = {"pixel_values": data.x, "labels": data.y}
+        for find_unused in (False, True):
+            model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+            fs = FreezeScheduler(unfreeze_at_step=2, num_stages=1)
+            fs.prepare_model(model)
+            ddp = DDP(model, find_unused_parameters=find_unused)
+            opt = torch.optim.SGD([p for p in ddp.parameters() if p.requires_grad], lr=0.1)
+            if not find_unused:
+                with pytest.raises(ValueError, match=r"stages \['stage4'\].*DistributedDataParallelKwargs\("
+                                                     r"find_unused_parameters=True\)"):
+                    fs.attach(opt, model=ddp)
+                with pytest.raises(RuntimeError, match="Expected to have finished reduction"):
+                    for _ in range(2):  # what the check prevents: DDP fails at the second step
+                        ddp(**batch).loss.backward()
+                        opt.step()
+                        opt.zero_grad()
+                continue
+            fs.attach(opt, model=ddp)
+            top = units_for(model)[-1]
+            changed = []
+            for step in range(4):
+                fs.update(step)
+                before = flat(top.parameters())
+                ddp(**batch).loss.backward()
+                opt.step()
+                opt.zero_grad()
+                changed.append(not torch.equal(flat(top.parameters()), before))
+            assert changed == [False, False, True, True]
+    finally:
+        dist.destroy_process_group()
 
 
 def test_lr_factor_follows_optimizer_steps_when_the_scheduler_skips_one(tiny_checkpoints):
