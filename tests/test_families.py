@@ -171,6 +171,8 @@ def _check_reload(model, tmp_path, trainable_stages):
     x = torch.randn(3, 1, size, size, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(model.eval()(pixel_values=x).logits, reloaded(pixel_values=x).logits)
+        # the features too: a tiny random backbone's signal can be too small to move the logits (GoogLeNet's is)
+        assert torch.equal(model.forward_features(x), reloaded.forward_features(x))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -310,6 +312,21 @@ def test_googlenet_input_transform_rgb_and_gray(family_dirs):
     torch.testing.assert_close(gray((p - m) / s).logits, rgb(rgb_in).logits, rtol=1e-4, atol=1e-4)
 
 
+def test_googlenet_gray_model_keeps_its_input_transform_after_reload(family_dirs, tmp_path):
+    """A 1-channel GoogLeNet saved and reloaded (by TransferModel and by plain transformers) maps gray input to
+    the pretrained scaling exactly as before saving; the backbone features, not only the logits, are identical."""
+    gray = TransferModel.from_pretrained(family_dirs["googlenet"], num_channels=1, trainable_stages="all").eval()
+    gray.save_pretrained(tmp_path / "gray")
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = gray.input_transform(x)
+        assert not torch.equal(expected, x)
+        for reloaded in (TransferModel.from_pretrained(tmp_path / "gray", trainable_stages="all").eval(),
+                         T.AutoModelForImageClassification.from_pretrained(tmp_path / "gray").eval()):
+            assert torch.equal(reloaded.input_transform(x), expected)
+            assert torch.equal(reloaded.googlenet.conv1(reloaded.input_transform(x)), gray.googlenet.conv1(expected))
+
+
 # --- timm ---------------------------------------------------------------------------------------------------------------
 
 def test_timm_layouts_it_cannot_map_are_refused(tmp_path):
@@ -342,6 +359,22 @@ def test_lenet5_layout(tmp_path, size, padding):
     assert [tuple(h.shape[1:]) for h in hidden] == [(6, 14, 14), (16, 5, 5), (120, 1, 1)]
     proc = T.AutoImageProcessor.from_pretrained(out)
     assert (proc.size["height"], proc.size["width"]) == (size, size) and list(proc.image_mean) == [0.5]
+
+
+def test_lenet5_minimum_input_follows_its_padding(tmp_path):
+    """A LeNet-5 built for 32 px (C1 unpadded) cannot take 28 px: the resize is refused with the minimum (a saved
+    28 px config with padding 0 would not even reload); one built for 28 px (padding 2) can."""
+    unpadded = init_checkpoint("lenet5", tmp_path / "l32", image_size=32, seed=0)
+    with pytest.raises(ValueError, match="image_size=28 is below the minimum of 32 px for 'lenet5'"):
+        TransferModel.from_pretrained(unpadded, image_size=28)
+    model = TransferModel.from_pretrained(unpadded)
+    with pytest.raises(ValueError, match="Input 28x28 is smaller than the minimum 32x32"):
+        model(pixel_values=torch.randn(1, 1, 28, 28))
+    padded = TransferModel.from_pretrained(init_checkpoint("lenet5", tmp_path / "l28", image_size=28, seed=0),
+                                           image_size=28)
+    assert padded(pixel_values=torch.randn(2, 1, 28, 28)).logits.shape == (2, 10)
+    with pytest.raises(ValueError, match="minimum of 28 px"):
+        TransferModel.from_pretrained(tmp_path / "l28", image_size=27)
 
 
 class Digits(torch.utils.data.Dataset):

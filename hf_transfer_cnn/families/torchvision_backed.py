@@ -9,7 +9,8 @@ Each ``*ForImageClassification`` holds the torchvision network itself (``model.a
   torchvision's (``torchvision.models.vgg.make_layers``).
 * GoogLeNet's ``transform_input`` (the published weights expect ``(x - 0.5) / 0.5`` scaling and torchvision
   converts ImageNet-normalised input to it) runs as a separate parameter-free module, ``model.input_transform``,
-  in front of the network, so that stage-wise forwards apply it too. It only acts on 3-channel input.
+  in front of the network, so that stage-wise forwards apply it too. A channel-adapted model keeps it: gray
+  input is mapped to the same scaling, channels beyond RGB pass unchanged.
   The auxiliary classifiers (``aux_logits``) run in training mode only, as in torchvision; their loss is added
   with weight ``aux_loss_weight`` when they predict the same label set as the main classifier.
 
@@ -223,8 +224,8 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class GoogLeNetInputTransform(nn.Module):
     """torchvision's GoogLeNet ``transform_input`` as a module: ImageNet-normalised RGB -> ``(x - 0.5) / 0.5``.
 
-    Runs torchvision's own implementation; input with other than 3 channels (a channel-adapted model) passes
-    unchanged.
+    Runs torchvision's own implementation on RGB. A channel-adapted model: one gray channel (normalised with the
+    RGB-averaged statistics) is mapped to the same scaling; channels beyond the first three pass unchanged.
     """
 
     def __init__(self, enabled: bool):
@@ -266,7 +267,7 @@ class GoogLeNetForImageClassification(_TorchvisionPreTrainedModel):
     def __init__(self, config: GoogLeNetConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.input_transform = GoogLeNetInputTransform(config.transform_input and config.num_channels == 3)
+        self.input_transform = GoogLeNetInputTransform(config.transform_input)  # any num_channels: see its forward
         net = torchvision.models.GoogLeNet(num_classes=config.num_labels, aux_logits=config.aux_logits,
                                            transform_input=False, init_weights=False, dropout=config.dropout,
                                            dropout_aux=config.dropout_aux)
