@@ -337,10 +337,10 @@ class TransferModel(nn.Module):
         num_labels, id2label, label2id = _normalise_labels(num_labels, id2label, label2id)
         if num_channels is not None and (isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1):
             raise ValueError(f"num_channels={num_channels!r}; use a positive integer (1 = grayscale, 3 = RGB).")
-        if image_size is not None and (not isinstance(image_size, int) or image_size < spec.min_image_size):
+        if image_size is not None and (not isinstance(image_size, int) or image_size < spec.min_size(config)):
             raise ValueError(
-                f"image_size={image_size} is below the minimum of {spec.min_image_size} px for "
-                f"{config.model_type!r}; use image_size >= {spec.min_image_size} (upscale small images)."
+                f"image_size={image_size} is below the minimum of {spec.min_size(config)} px for "
+                f"{config.model_type!r}; use image_size >= {spec.min_size(config)} (upscale small images)."
             )
         head_spec = HeadSpec.parse(head)
 
@@ -432,7 +432,7 @@ class TransferModel(nn.Module):
         return int(meta["channels_dim"]) * (2 if pooling == "concat" else 1)
 
     def _probe_channels(self) -> int:
-        size = max(self.arch.min_image_size, int(self._meta().get("image_size") or 0),
+        size = max(self.arch.min_size(self.config), int(self._meta().get("image_size") or 0),
                    int(getattr(self.config, "image_size", 0) or 0) if self.config.model_type == "lenet5" else 0)
         p = next(self.parameters())
         was_training = self.training
@@ -520,7 +520,7 @@ class TransferModel(nn.Module):
 
     def set_image_size(self, image_size: int) -> None:
         """Set the input size (config and image processor); it must be at least the architecture minimum."""
-        minimum = self.arch.min_image_size
+        minimum = self.arch.min_size(self.config)
         if not isinstance(image_size, int) or image_size < minimum:
             raise ValueError(
                 f"image_size={image_size} is below the minimum of {minimum} px for {self.config.model_type!r}; "
@@ -579,7 +579,7 @@ class TransferModel(nn.Module):
                 f"pixel_values has {c} channels but the model expects {self.num_input_channels}; convert the images "
                 f"(the model's image_processor does) or adapt the model with num_channels={c}."
             )
-        minimum = self.arch.min_image_size
+        minimum = self.arch.min_size(self.config)
         if min(h, w) < minimum:
             raise ValueError(f"Input {h}x{w} is smaller than the minimum {minimum}x{minimum} for {self.config.model_type!r}.")
 

@@ -55,6 +55,8 @@ class ArchSpec:
     Linear is the output layer."""
     min_image_size: int = 32
     """Smallest square input (pixels) the network is built for."""
+    min_image_size_for: Callable[[object], int] | None = None
+    """When the minimum depends on the config (LeNet-5: on C1's padding): config -> minimum, used instead."""
     standardized_stem: bool = False
     """The first conv standardises its own weights (BiT), so channel changes cannot be folded into it."""
     stage_paths: tuple[tuple[str, ...], ...] = ()
@@ -63,6 +65,12 @@ class ArchSpec:
     resolver: Callable[[nn.Module], ArchSpec] | None = None
     """For model types whose layout differs per checkpoint (``timm_wrapper``): returns the spec of one model
     instance (see `resolve_arch`); the registered spec then only serves checks made before a model exists."""
+
+    def min_size(self, config: object | None = None) -> int:
+        """The smallest square input for a model with `config` (the static `min_image_size` without one)."""
+        if config is not None and self.min_image_size_for is not None:
+            return int(self.min_image_size_for(config))
+        return self.min_image_size
 
 
 @dataclass

@@ -62,7 +62,8 @@ _GOOGLENET_STAGES = (
 
 ARCH_SPECS = (
     ArchSpec(model_type="lenet5", stem=("lenet5.stem",), stages="lenet5.stages", first_conv="lenet5.stem.0",
-             pooler="lenet5.pooler", head="classifier", head_style="mlp", min_image_size=28),
+             pooler="lenet5.pooler", head="classifier", head_style="mlp", min_image_size=28,
+             min_image_size_for=lambda config: 32 - 2 * config.conv1_padding),  # C5 needs a 32 px padded input
     ArchSpec(model_type="alexnet", stem=_a(0, 1, 2), stages="alexnet.features",
              stage_paths=(_a(3, 4, 5), _a(6, 7), _a(8, 9), _a(10, 11, 12)),
              first_conv="alexnet.features.0", pooler="alexnet.avgpool", head="alexnet.classifier",
