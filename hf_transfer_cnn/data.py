@@ -356,6 +356,24 @@ def _channel_values(values: Sequence[float], num_channels: int, what: str) -> li
     return values + [avg] * (num_channels - len(values))
 
 
+# PIL's resampling filters (the codes image processors store as `resample`) -> torchvision's name for each
+_RESAMPLE_MODES = {0: "NEAREST_EXACT", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
+_PIL_ONLY_MODES = {"LANCZOS", "BOX", "HAMMING"}
+
+
+def resize_interpolation(image_processor: Any):
+    """(torchvision InterpolationMode, PIL-only?) for the processor's `resample` filter (bilinear when unset)."""
+    from torchvision.transforms import InterpolationMode
+
+    resample = getattr(image_processor, "resample", None)
+    code = 2 if resample is None else int(getattr(resample, "value", resample))
+    if code not in _RESAMPLE_MODES:
+        raise ValueError(f"image processor resample={resample!r} is not a PIL filter code (0-5); set it to one, "
+                         "e.g. 2 (bilinear) or 3 (bicubic).")
+    name = _RESAMPLE_MODES[code]
+    return InterpolationMode[name], name in _PIL_ONLY_MODES
+
+
 class ImageTransform:
     """Callable: any image cell -> normalised float tensor ``[num_channels, H, W]`` (see `build_transforms`)."""
 
@@ -389,7 +407,8 @@ def build_transforms(
 ) -> tuple[ImageTransform, ImageTransform]:
     """``(train_tf, eval_tf)`` for a model's image processor (e.g. ``model.image_processor``).
 
-    eval: Resize + CenterCrop as `processor_sizes` describes; train: RandomResizedCrop(crop, crop_scale) +
+    eval: Resize + CenterCrop as `processor_sizes` describes, with the processor's ``resample`` filter (like the
+    processor itself); train: RandomResizedCrop(crop, crop_scale, same filter) +
     RandomHorizontalFlip (+ RandomErasing with probability `random_erasing`, after normalising, so an erased
     rectangle holds the channel mean). Both then scale to the processor's rescale factor (1/255) and normalise with its
     mean/std adapted to `num_channels` (RGB stats averaged for gray) unless `mean`/`std` are given.
@@ -416,15 +435,21 @@ def build_transforms(
     # (x * factor - m) / s == (x - m / factor) / (s / factor): one Normalize on the raw 0..255 values.
     normalize = [v2.ToDtype(torch.float32, scale=False),
                  v2.Normalize([m / factor for m in mean_v[:base]], [s / factor for s in std_v[:base]])]
+    mode, pil_only = resize_interpolation(image_processor)
+
+    def on_image(steps: list) -> list:  # PIL-only filters resize the PIL image, the rest the uint8 tensor
+        return [*steps, v2.ToImage()] if pil_only else [v2.ToImage(), *steps]
+
     eval_tf = ImageTransform(num_channels, v2.Compose(
-        [v2.ToImage(), v2.Resize(resize, antialias=True), v2.CenterCrop(crop_hw), *normalize]), train=False)
+        [*on_image([v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(crop_hw)]), *normalize]),
+        train=False)
     if not augment:
         return eval_tf, eval_tf
     _check_probability("random_erasing", random_erasing)
     lo, hi = crop_scale
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"crop_scale={crop_scale}; use 0 < min <= max <= 1.")
-    train_steps = [v2.ToImage(), v2.RandomResizedCrop(crop_hw, scale=(lo, hi), antialias=True)]
+    train_steps = on_image([v2.RandomResizedCrop(crop_hw, scale=(lo, hi), interpolation=mode, antialias=True)])
     if horizontal_flip:
         train_steps.append(v2.RandomHorizontalFlip())
     erase = [v2.RandomErasing(p=random_erasing, value=0.0)] if random_erasing > 0 else []

@@ -105,6 +105,32 @@ def test_imagefolder_mixed_modes_skips_bad_files(mixed_folder, tmp_path, caplog)
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("resample", [0, 1, 2, 3])  # PIL's nearest, Lanczos, bilinear, bicubic
+def test_eval_transform_matches_the_image_processor_for_its_resample_filter(resample):
+    """The eval transform resizes with the checkpoint processor's own filter: its output equals what the
+    processor itself gives (ViT-style fixed size, ConvNeXt-style shortest edge + crop_pct), Lanczos (PIL-only
+    here) to within one grey level."""
+    import transformers as T
+    from PIL import Image
+
+    img = Image.fromarray(_noise(3, (57, 71, 3)))
+    procs = [T.ViTImageProcessor(size={"height": 32, "width": 32}, resample=resample, image_mean=list(MEAN),
+                                 image_std=list(STD)), _processor(resample=resample)]
+    for proc in procs:
+        expected = proc(img, return_tensors="pt").pixel_values[0]
+        _, eval_tf = build_transforms(proc, 3)
+        got = eval_tf(img)
+        assert got.shape == expected.shape == (3, 32, 32)
+        tolerance = 1.0 / 255 / min(STD) + 1e-6 if resample == 1 else 1e-6
+        assert (got - expected).abs().max().item() <= tolerance, type(proc).__name__
+    bilinear = build_transforms(T.ViTImageProcessor(size={"height": 32, "width": 32}, resample=2,
+                                                    image_mean=list(MEAN), image_std=list(STD)), 3)[1](img)
+    if resample != 2:  # the filter matters: another one gives other pixels
+        assert (bilinear - build_transforms(procs[0], 3)[1](img)).abs().max().item() > 0.05
+    with pytest.raises(ValueError, match="resample=7 is not a PIL filter code"):
+        build_transforms(T.ViTImageProcessor(resample=7), 3)
+
+
 def test_on_bad_image_error_names_file(mixed_folder, tmp_path):
     with pytest.raises(ValueError, match=r"(corrupt|truncated)\.png"):
         _load(tmp_path, train_dir=str(mixed_folder / "train"), train_val_split=0, on_bad_image="error")
