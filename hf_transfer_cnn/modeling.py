@@ -110,12 +110,14 @@ def _last_linear_path(module: nn.Module) -> str | None:
 # --- input adaptation -----------------------------------------------------------------------------
 
 def adapt_conv_weight(weight: torch.Tensor, num_channels: int) -> torch.Tensor:
-    """Map a conv kernel trained on RGB (``[out, 3, kh, kw]``) to `num_channels` inputs.
+    """Map a conv kernel trained on RGB (``[out, 3, kh, kw]``) or gray (``[out, 1, kh, kw]``) to `num_channels`.
 
     Rule: channel 0 receives the sum of the RGB kernels when fewer than 3 channels are asked for (a gray
     tensor then gives exactly the response of that tensor replicated to RGB); with 3 or more channels the
     first three keep their RGB kernels and every extra channel starts at zero (the model initially
-    behaves exactly as the RGB model and ignores the extra channels until the stem trains).
+    behaves exactly as the RGB model and ignores the extra channels until the stem trains). A gray kernel
+    asked for 3 or more channels is split evenly over R, G and B (the response to an RGB image is the gray
+    model's response to its channel mean); extra channels again start at zero.
     """
     out_c, in_c = weight.shape[:2]
     if num_channels < 1:
@@ -125,6 +127,8 @@ def adapt_conv_weight(weight: torch.Tensor, num_channels: int) -> torch.Tensor:
     new = weight.new_zeros((out_c, num_channels, *weight.shape[2:]))
     if num_channels < in_c:
         new[:, 0] = weight.sum(dim=1)
+    elif in_c == 1 and num_channels >= 3:
+        new[:, :3] = weight / 3
     else:
         new[:, :in_c] = weight
     return new

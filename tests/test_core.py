@@ -89,6 +89,30 @@ def test_more_than_three_channels_rule(tiny_checkpoints, model_type):
     assert list(proc.image_mean[:3]) == list(rgb.image_processor.image_mean)
 
 
+@pytest.mark.parametrize("source", ["resnet", "mobilenet_v2", "lenet5"])
+def test_gray_checkpoint_to_rgb_uses_every_colour_channel(tiny_checkpoints, tmp_path, source):
+    """A 1-channel checkpoint (a gray fine-tune, LeNet-5) asked for RGB splits its kernel over R, G and B: the RGB
+    model's response to an image is the gray model's response to the image's channel mean (not to R alone)."""
+    if source == "lenet5":
+        from test_families import init_checkpoint
+
+        path = init_checkpoint("lenet5", tmp_path / "gray", image_size=32, seed=0)
+    else:
+        TransferModel.from_pretrained(tiny_checkpoints[source], num_channels=1).save_pretrained(tmp_path / "gray")
+        path = tmp_path / "gray"
+    gray = TransferModel.from_pretrained(path).eval()
+    rgb = TransferModel.from_pretrained(path, num_channels=3).eval()
+    assert gray.num_input_channels == 1 and rgb.num_input_channels == 3
+    assert list(rgb.image_processor.image_mean) == list(gray.image_processor.image_mean) * 3
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(4))
+    conv_rgb, conv_gray = (get_module(m, m.arch.first_conv) for m in (rgb, gray))
+    with torch.no_grad():  # the first conv (a tiny random backbone's logits barely depend on the input)
+        got = conv_rgb(x)
+        torch.testing.assert_close(got, conv_gray(x.mean(1, keepdim=True)), rtol=1e-4, atol=1e-6)
+        assert (got - conv_gray(x[:, :1])).abs().max() > 0.1 * got.abs().max()
+        torch.testing.assert_close(rgb(x).logits, gray(x.mean(1, keepdim=True)).logits, rtol=1e-4, atol=1e-5)
+
+
 def test_image_processor_outputs_model_input(tiny_checkpoints):
     from PIL import Image
     import numpy as np
