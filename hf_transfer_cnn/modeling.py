@@ -140,20 +140,22 @@ def _adapter_weight(in_channels: int, out_channels: int, dtype, device) -> torch
     return adapt_conv_weight(eye, in_channels)
 
 
-def fix_tf_bn_momentum(model: nn.Module) -> int:
+def fix_tf_bn_momentum(model: nn.Module, momentum: float | None = None) -> int:
     """Convert BatchNorm momentum written in TensorFlow's convention to PyTorch's; returns how many were changed.
 
     transformers' MobileNet/EfficientNet ports build BatchNorm with momentum 0.997 / 0.99 — TensorFlow's *decay*.
     PyTorch's momentum is the weight of the new batch, so there the running statistics would follow the last batch
-    whenever such a layer trains. 1 - momentum is the average the checkpoint's authors meant.
+    whenever such a layer trains. For TensorFlow-trained checkpoints 1 - momentum is the average their authors
+    meant; weights trained in PyTorch (torchvision's, converted) give `momentum` (0.1), which is used instead.
     """
     changed = 0
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum > 0.5:
-            m.momentum = round(1.0 - m.momentum, 6)
+            m.momentum = round(1.0 - m.momentum, 6) if momentum is None else float(momentum)
             changed += 1
     if changed:
-        logger.info("BatchNorm momentum of %d layers converted from TensorFlow's convention (x -> 1 - x).", changed)
+        logger.info("BatchNorm momentum of %d layers converted from TensorFlow's convention (%s).", changed,
+                    "x -> 1 - x" if momentum is None else f"-> {momentum:g}, the weights' own")
     return changed
 
 
@@ -359,9 +361,9 @@ class TransferModel(nn.Module):
                 "Hub id, or build one with `hf-transfer-cnn init/convert`."
             ) from err
 
-        fix_tf_bn_momentum(model)
-        model.image_processor = model._load_processor(pretrained_model_name_or_path, hub_kwargs)
         meta = model._meta()
+        fix_tf_bn_momentum(model, meta.get("batch_norm_momentum"))  # recorded by `convert_torchvision`
+        model.image_processor = model._load_processor(pretrained_model_name_or_path, hub_kwargs)
         meta.setdefault("base_model", str(pretrained_model_name_or_path))
         model.config.update({CONFIG_KEY: meta})
         own = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}

@@ -430,3 +430,30 @@ def test_tensorflow_style_bn_momentum_is_converted(tiny_checkpoints):
     torch.testing.assert_close(bn.running_mean, 0.997 * before + 0.003 * batch_mean, rtol=1e-4, atol=1e-6)
     resnet = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=2)
     assert {m.momentum for m in resnet.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+
+
+def test_converted_torchvision_mobilenet_keeps_pytorch_bn_momentum(tmp_path):
+    """torchvision's MobileNetV2 weights were trained with PyTorch's momentum 0.1; converted, they sit in transformers'
+    TensorFlow-style port (0.997). TransferModel uses the weights' own 0.1 (recorded by the converter, kept through
+    save/reload): a train-mode forward moves the running statistics exactly as torchvision's model does."""
+    import torchvision
+    from test_families import _torchvision_weights
+
+    from hf_transfer_cnn.families import convert_torchvision
+
+    pth = _torchvision_weights("mobilenet_v2", tmp_path / "m.pth")
+    path = convert_torchvision("mobilenet_v2", pth, tmp_path / "mnv2")
+    plain = T.AutoModelForImageClassification.from_pretrained(path)
+    assert {m.momentum for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.997}  # untouched
+    model = TransferModel.from_pretrained(path, trainable_stages="all")
+    model.save_pretrained(tmp_path / "saved")
+    for m in (model, TransferModel.from_pretrained(tmp_path / "saved", trainable_stages="all")):
+        assert {b.momentum for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)} == {0.1}
+    tv = torchvision.models.mobilenet_v2()
+    tv.load_state_dict(torch.load(pth, weights_only=True))
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.train()(pixel_values=x)
+        tv.train()(x)
+    torch.testing.assert_close(model.mobilenet_v2.conv_1x1.normalization.running_var, tv.features[18][1].running_var,
+                               rtol=1e-4, atol=1e-5)
