@@ -588,7 +588,8 @@ def _load_sources(args: DataArguments) -> tuple[dict, str]:
                                            cache_dir=args.dataset_cache_dir)
             return dict(loaded), f"data file {name!r}"
         try:
-            loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.dataset_cache_dir)
+            loaded = datasets.load_dataset(name if os.path.exists(name) else args.dataset_name,
+                                           args.dataset_config_name, cache_dir=args.dataset_cache_dir)
         except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
             raise ValueError(f"Could not load dataset {args.dataset_name!r}: {err}\nGive an existing local path or a "
                              "Hub dataset id (Hub access needs network; HF_DATASETS_OFFLINE=1 blocks it).") from err
@@ -775,11 +776,18 @@ def _split_off_validation(train, frac: float, seed: int, label_col: str):
     if n * frac < 1 or n - math.ceil(n * frac) < 1:
         raise ValueError(f"The training set has {n} example(s): too few to hold out train_val_split={frac} for "
                          "evaluation. Give an evaluation split/validation_dir, or set train_val_split=0.")
-    stratify = label_col if isinstance(train.features[label_col], datasets.ClassLabel) else None
-    if stratify:
+    feature = train.features[label_col]
+    if isinstance(feature, datasets.ClassLabel):
         try:
-            parts = train.train_test_split(test_size=frac, seed=seed, stratify_by_column=stratify)
+            parts = train.train_test_split(test_size=frac, seed=seed, stratify_by_column=label_col)
             return parts["train"], parts["test"]
+        except ValueError as err:
+            logger.info("Stratified validation split not possible (%s); using a plain random split.", err)
+    elif isinstance(feature, datasets.Value):  # int or string labels: stratify on an encoded copy, keep the rows
+        try:
+            rows = train.select_columns([label_col]).class_encode_column(label_col).add_column("_row", list(range(n)))
+            parts = rows.train_test_split(test_size=frac, seed=seed, stratify_by_column=label_col)
+            return train.select(parts["train"]["_row"]), train.select(parts["test"]["_row"])
         except ValueError as err:
             logger.info("Stratified validation split not possible (%s); using a plain random split.", err)
     parts = train.train_test_split(test_size=frac, seed=seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -215,6 +216,30 @@ def test_validation_split_seeded_stratified_disjoint(tmp_path):
     t4, e4, _ = load_image_classification_data(args, max_train_samples=7, max_eval_samples=3)
     t5, e5, _ = load_image_classification_data(args, max_train_samples=7, max_eval_samples=3)
     assert (len(t4), len(e4)) == (7, 3) and _ids(t4) == _ids(t5) and set(_ids(t4)) <= set(_ids(t1))
+
+
+@pytest.mark.parametrize("labels", ["int", "str"])
+def test_plain_int_or_string_labels_are_stratified_and_home_paths_resolve(tmp_path, monkeypatch, labels):
+    """Labels stored as plain ints/strings (parquet, no ClassLabel) get a stratified hold-out too (32 + 8 images,
+    0.25: 8 + 2 in validation for every seed), and a dataset_name under ~ is read as the local folder it is."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = tmp_path / "pq"
+    root.mkdir()
+    values = [0] * 32 + [1] * 8 if labels == "int" else ["cat"] * 32 + ["dog"] * 8
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.Value("int64" if labels == "int" else "string")})
+    datasets.Dataset.from_dict({"image": [Image.new("L", (8, 8), i) for i in range(40)], "label": values},
+                               features=features).to_parquet(str(root / "train.parquet"))
+    seen = set()
+    for seed in range(5):
+        train, evaluation, id2label = load_image_classification_data(
+            dataset_name="~/pq", train_val_split=0.25, split_seed=seed, dataset_cache_dir=str(tmp_path / "c"))
+        assert len(id2label) == 2 and (len(train), len(evaluation)) == (30, 10)
+        counts = sorted(Counter(evaluation[:]["label"]).values())
+        assert counts == [2, 8], (seed, counts)
+        assert not set(_ids(train)) & set(_ids(evaluation))
+        seen.add(tuple(sorted(_ids(evaluation))))
+    assert len(seen) > 1  # the seed matters
 
 
 def test_parquet_directory_via_dataset_name(tmp_path):
