@@ -167,13 +167,14 @@ class FreezeScheduler(TrainerCallback):
             raise ValueError(f"FreezeScheduler keeps stages {sorted(self._keep)} registered with DDP for a later "
                              "unfreeze; they get no gradient until then, and DDP with find_unused_parameters=False "
                              f"fails on the second step. {fix[0].upper() + fix[1:]}.")
-        if model is None:
+        if ddp is None:  # no wrapper given (or the unwrapped model): warn where a distributed run could need it
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 logger.warning("FreezeScheduler: in a distributed run, stages %s get no gradient until they unfreeze, "
                                "which DDP allows only with find_unused_parameters=True: %s. Pass attach(..., "
-                               "model=prepared_model) to have this checked.", sorted(self._keep), fix)
+                               "model=<the model accelerator.prepare returned>) to have this checked.",
+                               sorted(self._keep), fix)
 
     def _attach(self, optimizer, lr_scheduler, *, max_steps: int | None, steps_per_epoch: int | None,
                 global_step: int) -> None:

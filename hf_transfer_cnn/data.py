@@ -366,8 +366,10 @@ def resize_interpolation(image_processor: Any):
     from torchvision.transforms import InterpolationMode
 
     resample = getattr(image_processor, "resample", None)
-    code = 2 if resample is None else int(getattr(resample, "value", resample))
-    if code not in _RESAMPLE_MODES:
+    if isinstance(resample, InterpolationMode):  # transformers' torchvision backend also takes these
+        return resample, resample.name in _PIL_ONLY_MODES
+    code = 2 if resample is None else getattr(resample, "value", resample)
+    if isinstance(code, bool) or not isinstance(code, int) or code not in _RESAMPLE_MODES:
         raise ValueError(f"image processor resample={resample!r} is not a PIL filter code (0-5); set it to one, "
                          "e.g. 2 (bilinear) or 3 (bicubic).")
     name = _RESAMPLE_MODES[code]

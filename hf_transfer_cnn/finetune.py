@@ -169,7 +169,8 @@ def _dataset_title(data_args) -> str | None:
     """A readable dataset name: the Hub id, else the data folder (`data/train` -> `data`)."""
     if data_args.dataset_name:  # a Hub id, or a local dataset's folder name (never a local path)
         name = data_args.dataset_name
-        return Path(name).resolve().name if os.path.exists(name) else name
+        local = os.path.expanduser(name)
+        return Path(local).resolve().name if os.path.exists(local) else name
     if data_args.train_dir:
         path = Path(data_args.train_dir).resolve()
         return path.parent.name if path.name.lower() in ("train", "training") else path.name

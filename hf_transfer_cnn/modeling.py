@@ -146,8 +146,11 @@ def fix_tf_bn_momentum(model: nn.Module, momentum: float | None = None) -> int:
     transformers' MobileNet/EfficientNet ports build BatchNorm with momentum 0.997 / 0.99 — TensorFlow's *decay*.
     PyTorch's momentum is the weight of the new batch, so there the running statistics would follow the last batch
     whenever such a layer trains. For TensorFlow-trained checkpoints 1 - momentum is the average their authors
-    meant; weights trained in PyTorch (torchvision's, converted) give `momentum` (0.1), which is used instead.
+    meant; weights trained in PyTorch (torchvision's, converted) train with `momentum` instead — by default the one
+    `convert_torchvision` recorded in the model's config (0.1), if any.
     """
+    if momentum is None:
+        momentum = (getattr(getattr(model, "config", None), CONFIG_KEY, None) or {}).get("batch_norm_momentum")
     changed = 0
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum > 0.5:
@@ -362,7 +365,7 @@ class TransferModel(nn.Module):
             ) from err
 
         meta = model._meta()
-        fix_tf_bn_momentum(model, meta.get("batch_norm_momentum"))  # recorded by `convert_torchvision`
+        fix_tf_bn_momentum(model)  # 1 - x, or the momentum `convert_torchvision` recorded in the config
         model.image_processor = model._load_processor(pretrained_model_name_or_path, hub_kwargs)
         meta.setdefault("base_model", str(pretrained_model_name_or_path))
         model.config.update({CONFIG_KEY: meta})
@@ -687,26 +690,40 @@ class TransferModel(nn.Module):
 
     # -- saving ---------------------------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *args,
-                        push_to_hub: bool = False, **kwargs) -> Any:
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
+                        state_dict: dict | None = None, push_to_hub: bool = False, **kwargs) -> None:
         """Save weights and config under the native class name, plus the image processor.
 
-        With ``push_to_hub=True`` (and transformers' ``repo_id``, ``commit_message``, ``create_pr``, ``private``,
-        ``token``) the folder is uploaded after all of it is written, through `push_to_hub`.
+        ``push_to_hub=True`` (with transformers' ``repo_id``, ``commit_message``, ``create_pr``, ``private``,
+        ``token``) uploads the files this call wrote to `save_directory`, as transformers does, but after all
+        of them are written (transformers would upload before the config rename and the processor).
         """
-        hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr", "private", "revision",
-                                          "commit_description", "tags") if k in kwargs}
-        hub.update({k: kwargs[k] for k in ("token", "max_shard_size") if k in kwargs})
-        result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
-        if is_main_process:
-            native = self._native_class.__name__ if self._native_class else type(self).__name__
-            self.config.architectures = [native]
-            self.config.save_pretrained(save_directory)
-            if self.image_processor is not None:
-                self.image_processor.save_pretrained(save_directory)
-            if push_to_hub:  # transformers would upload inside super().save_pretrained, before the lines above
-                self.push_to_hub(hub.pop("repo_id", Path(save_directory).name), **hub)
-        return result
+        push = push_to_hub and is_main_process
+        if push:
+            from huggingface_hub import create_repo
+
+            hub = {k: kwargs.pop(k) for k in ("repo_id", "commit_message", "create_pr") if k in kwargs}
+            repo_kwargs = {k: kwargs.pop(k) for k in ("private", "repo_type") if k in kwargs}
+            token = kwargs.get("token")
+            os.makedirs(save_directory, exist_ok=True)
+            repo_id = create_repo(hub.pop("repo_id", Path(save_directory).name), token=token, exist_ok=True,
+                                  **repo_kwargs).repo_id
+            stamps = self._get_files_timestamps(save_directory)
+        super().save_pretrained(save_directory, is_main_process, state_dict, False, **kwargs)
+        if not is_main_process:
+            return
+        native = self._native_class.__name__ if self._native_class else type(self).__name__
+        self.config.architectures = [native]
+        self.config.save_pretrained(save_directory)
+        if self.image_processor is not None:
+            self.image_processor.save_pretrained(save_directory)
+        if push:
+            from transformers.utils.hub import create_and_tag_model_card
+
+            create_and_tag_model_card(repo_id, self.model_tags, token=token).save(
+                os.path.join(save_directory, "README.md"))
+            self._upload_modified_files(save_directory, repo_id, stamps, commit_message=hub.get("commit_message"),
+                                        token=token, create_pr=hub.get("create_pr", False))
 
 
 _HUB_KWARGS = {"revision", "token", "cache_dir", "force_download", "local_files_only", "proxies",

@@ -499,7 +499,7 @@ def test_trainer_ddp_needs_find_unused_parameters_only_for_stages_kept_for_later
     init(type("A", (DdpArgs,), {"ddp_find_unused_parameters": False, "world_size": 1}), **gradual)  # no DDP
 
 
-def test_plain_ddp_loop_checks_find_unused_parameters(tiny_checkpoints, caplog):
+def test_plain_ddp_loop_checks_find_unused_parameters(tiny_checkpoints, caplog, monkeypatch):
     """A plain loop under DDP (what `accelerate launch` builds, find_unused_parameters=False by default): attach(...,
     model=ddp) refuses it with the fix, instead of DDP failing at step 2; with find_unused_parameters=True the
     kept stage runs frozen, then trains from its step. One gloo process, real DDP."""
@@ -537,6 +537,11 @@ def test_plain_ddp_loop_checks_find_unused_parameters(tiny_checkpoints, caplog):
                 opt.zero_grad()
                 changed.append(not torch.equal(flat(top.parameters()), before))
             assert changed == [False, False, True, True]
+        # given the unwrapped model (or none) in a run of several processes: a warning with the fix
+        monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.callbacks"):
+            fs.attach(opt, model=model)
+        assert "find_unused_parameters=True" in caplog.text and "stage4" in caplog.text
     finally:
         dist.destroy_process_group()
 

@@ -445,6 +445,10 @@ def test_converted_torchvision_mobilenet_keeps_pytorch_bn_momentum(tmp_path):
     path = convert_torchvision("mobilenet_v2", pth, tmp_path / "mnv2")
     plain = T.AutoModelForImageClassification.from_pretrained(path)
     assert {m.momentum for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.997}  # untouched
+    from hf_transfer_cnn import fix_tf_bn_momentum
+
+    assert fix_tf_bn_momentum(plain) > 0  # the fix FreezeScheduler suggests for plain models reads the record
+    assert {m.momentum for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
     model = TransferModel.from_pretrained(path, trainable_stages="all")
     model.save_pretrained(tmp_path / "saved")
     for m in (model, TransferModel.from_pretrained(tmp_path / "saved", trainable_stages="all")):

@@ -130,6 +130,11 @@ def test_eval_transform_matches_the_image_processor_for_its_resample_filter(resa
         assert (bilinear - build_transforms(procs[0], 3)[1](img)).abs().max().item() > 0.05
     with pytest.raises(ValueError, match="resample=7 is not a PIL filter code"):
         build_transforms(T.ViTImageProcessor(resample=7), 3)
+    from torchvision.transforms import InterpolationMode  # also accepted by transformers' torchvision backend
+
+    as_mode = T.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=list(MEAN), image_std=list(STD))
+    as_mode.resample = InterpolationMode[{0: "NEAREST_EXACT", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC"}[resample]]
+    assert torch.equal(build_transforms(as_mode, 3)[1](img), build_transforms(procs[0], 3)[1](img))
 
 
 def test_on_bad_image_error_names_file(mixed_folder, tmp_path):
@@ -240,6 +245,9 @@ def test_plain_int_or_string_labels_are_stratified_and_home_paths_resolve(tmp_pa
         assert not set(_ids(train)) & set(_ids(evaluation))
         seen.add(tuple(sorted(_ids(evaluation))))
     assert len(seen) > 1  # the seed matters
+    from hf_transfer_cnn.finetune import _dataset_title
+
+    assert _dataset_title(DataArguments(dataset_name="~/pq")) == "pq"  # the model card's name, not "~/pq"
 
 
 def test_parquet_directory_via_dataset_name(tmp_path):

@@ -160,6 +160,15 @@ def test_save_pretrained_push_to_hub_uploads_the_complete_folder(fake_hub, tmp_p
     with torch.no_grad():
         plain = AutoModelForImageClassification.from_pretrained("fake-user/saved-and-pushed").eval()(pixel_values=x)
         torch.testing.assert_close(plain.logits, model(pixel_values=x).logits, rtol=1e-4, atol=1e-5)
+    # what is uploaded is what this call wrote: here with a caller's state_dict (the head's bias shifted by 1)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bias = next(k for k in reversed(list(state)) if k.endswith("bias"))
+    state[bias] += 1
+    model.save_pretrained(tmp_path / "shifted", push_to_hub=True, repo_id="fake-user/shifted", state_dict=state)
+    uploaded = fake_hub.files("fake-user/shifted")
+    assert uploaded["model.safetensors"] == (tmp_path / "shifted" / "model.safetensors").read_bytes()
+    reloaded = TransferModel.from_pretrained("fake-user/shifted").state_dict()
+    assert torch.equal(reloaded[bias], state[bias]) and not torch.equal(reloaded[bias], model.state_dict()[bias])
 
 
 # --- (c) failures: clear error, retry hint, local files untouched -----------------------------------------
