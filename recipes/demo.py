@@ -79,11 +79,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     ckpt = out / "mobilenet_v2_imagenet"
-    if not (ckpt / "model.safetensors").exists():
-        from hf_transfer_cnn.families.convert import convert_torchvision
+    from hf_transfer_cnn.families.convert import convert_torchvision
 
-        print("Converting torchvision's ImageNet MobileNetV2 weights ...")
-        convert_torchvision("mobilenet_v2", find_mobilenet_weights(), ckpt, overwrite=True)
+    # converted on every run (seconds): a checkpoint cached by an older converter could differ (e.g. its config notes)
+    print("Converting torchvision's ImageNet MobileNetV2 weights ...")
+    convert_torchvision("mobilenet_v2", find_mobilenet_weights(), ckpt, overwrite=True)
 
     data = out / "data"
     if data.exists():
