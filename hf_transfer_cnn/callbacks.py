@@ -30,6 +30,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .freezing import apply_freeze, resolve_trainable_stages, units_for
+from .modeling import tf_style_batchnorms
 from .optim import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer
 
 logger = logging.getLogger(__name__)
@@ -126,8 +127,7 @@ class FreezeScheduler(TrainerCallback):
         self._current = None
         self._apply(0, force=True)
         trained = units[len(units) - max(counts):] if max(counts) else []
-        tf_style = [m for u in trained for mod in u.modules for m in mod.modules()
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum > 0.5]
+        tf_style = [m for u in trained for mod in u.modules for m in tf_style_batchnorms(mod)]
         if tf_style:
             logger.warning(
                 "FreezeScheduler: %d BatchNorm layers in the stages this schedule trains have momentum %g, TensorFlow's "

@@ -140,6 +140,12 @@ def _adapter_weight(in_channels: int, out_channels: int, dtype, device) -> torch
     return adapt_conv_weight(eye, in_channels)
 
 
+def tf_style_batchnorms(module: nn.Module) -> list[nn.Module]:
+    """BatchNorm layers of `module` whose momentum is in TensorFlow's decay convention (> 0.5)."""
+    return [m for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum > 0.5]
+
+
 def fix_tf_bn_momentum(model: nn.Module, momentum: float | None = None) -> int:
     """Convert BatchNorm momentum written in TensorFlow's convention to PyTorch's; returns how many were changed.
 
@@ -151,11 +157,10 @@ def fix_tf_bn_momentum(model: nn.Module, momentum: float | None = None) -> int:
     """
     if momentum is None:
         momentum = (getattr(getattr(model, "config", None), CONFIG_KEY, None) or {}).get("batch_norm_momentum")
-    changed = 0
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum > 0.5:
-            m.momentum = round(1.0 - m.momentum, 6) if momentum is None else float(momentum)
-            changed += 1
+    layers = tf_style_batchnorms(model)
+    for m in layers:
+        m.momentum = round(1.0 - m.momentum, 6) if momentum is None else float(momentum)
+    changed = len(layers)
     if changed:
         logger.info("BatchNorm momentum of %d layers converted from TensorFlow's convention (%s).", changed,
                     "x -> 1 - x" if momentum is None else f"-> {momentum:g}, the weights' own")
@@ -346,10 +351,11 @@ class TransferModel(nn.Module):
         num_labels, id2label, label2id = _normalise_labels(num_labels, id2label, label2id)
         if num_channels is not None and (isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1):
             raise ValueError(f"num_channels={num_channels!r}; use a positive integer (1 = grayscale, 3 = RGB).")
-        if image_size is not None and (not isinstance(image_size, int) or image_size < spec.min_size(config)):
+        minimum = spec.min_size(config)
+        if image_size is not None and (not isinstance(image_size, int) or image_size < minimum):
             raise ValueError(
-                f"image_size={image_size} is below the minimum of {spec.min_size(config)} px for "
-                f"{config.model_type!r}; use image_size >= {spec.min_size(config)} (upscale small images)."
+                f"image_size={image_size} is below the minimum of {minimum} px for "
+                f"{config.model_type!r}; use image_size >= {minimum} (upscale small images)."
             )
         head_spec = HeadSpec.parse(head)
 

@@ -211,10 +211,9 @@ def convert_torchvision(
         _reset_heads(info, model, num_labels)
         logger.info("%s: new %d-label classifier (the weights have %d classes).", info.name, num_labels, file_classes)
     _set_labels(model, info.imagenet_labels() if model.config.num_labels == 1000 == file_classes else None)
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum > 0.5
-           for m in model.modules()):  # a TensorFlow-style port (MobileNetV2) of weights trained with PyTorch's 0.1
-        from ..modeling import CONFIG_KEY  # TransferModel applies it on load
+    from ..modeling import CONFIG_KEY, tf_style_batchnorms
 
+    if tf_style_batchnorms(model):  # a TensorFlow-style port (MobileNetV2) of weights trained with PyTorch's 0.1
         model.config.update({CONFIG_KEY: {"batch_norm_momentum": 0.1}})
     processor = info.image_processor()
     _write(output_dir, model, processor, overwrite)
