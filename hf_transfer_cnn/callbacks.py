@@ -107,6 +107,7 @@ class FreezeScheduler(TrainerCallback):
         self._multipliers: StageLrMultipliers | None = None
         self._scheduler = None
         self._step = 0  # the optimizer step whose lr factor the scheduler's lambdas apply
+        self._trainer_find_unused: tuple[bool, str] | None = None  # Trainer's DDP flag, read at on_init_end
 
     # -- library API (also used by plain Accelerate loops) -------------------------------------------------
 
@@ -308,6 +309,7 @@ class FreezeScheduler(TrainerCallback):
             raise ValueError("FreezeScheduler needs the Trainer's model (Trainer(model=...); model_init is not supported).")
         self._check_args(args)
         self.prepare_model(model)
+        self._trainer_find_unused = _trainer_find_unused(args, model)  # what this Trainer gave DDP, fixed now
         self._check_trainer_ddp(args, model)
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None,
@@ -373,27 +375,39 @@ class FreezeScheduler(TrainerCallback):
                              "not support; launch with torchrun or accelerate launch (DDP), or use one GPU.")
 
     def _check_trainer_ddp(self, args, model) -> None:
-        """Stages kept for a later unfreeze get no gradient until then: DDP must run with find_unused_parameters,
-        which Trainer sets from ddp_find_unused_parameters, else off when activation checkpointing is on."""
-        if getattr(args, "world_size", 1) <= 1 or not self._keep:
+        """Stages kept for a later unfreeze get no gradient until then: Trainer's DDP must find unused parameters.
+        Trainer fixes that flag when it is created (from ddp_find_unused_parameters, else off when activation
+        checkpointing is on), so the decision is read at on_init_end and kept; later model changes do not alter it."""
+        if self._trainer_find_unused is None:  # on_train_begin without on_init_end: read it now
+            self._trainer_find_unused = _trainer_find_unused(args, model)
+        find_unused, why = self._trainer_find_unused
+        if getattr(args, "world_size", 1) <= 1 or not self._keep or find_unused:
             return
-        explicit = getattr(args, "ddp_find_unused_parameters", None)
         stages = sorted(self._keep)
-        if explicit is False:
+        if why == "explicit":
             raise ValueError(f"FreezeScheduler runs stages {stages} without gradients until they unfreeze, which DDP "
                              "only allows with find_unused_parameters; set ddp_find_unused_parameters=True (or leave "
                              "it unset).")
-        from transformers import PreTrainedModel
+        raise ValueError(f"With activation checkpointing on, Trainer turns DDP's find_unused_parameters off, but "
+                         f"FreezeScheduler runs stages {stages} without gradients until they unfreeze, which needs "
+                         "it. Set ddp_find_unused_parameters=True (with non-reentrant checkpointing: "
+                         "gradient_checkpointing_kwargs={'use_reentrant': False}), or turn checkpointing off.")
 
-        model = _unwrap_model(model) if model is not None else None
-        checkpointing = bool(getattr(args, "activation_checkpointing", False)
-                             or getattr(args, "gradient_checkpointing", False)
-                             or (isinstance(model, PreTrainedModel) and model.is_activation_checkpointing))
-        if explicit is None and checkpointing and isinstance(model, PreTrainedModel):
-            raise ValueError(f"With activation checkpointing on, Trainer turns DDP's find_unused_parameters off, but "
-                             f"FreezeScheduler runs stages {stages} without gradients until they unfreeze, which needs "
-                             "it. Set ddp_find_unused_parameters=True (with non-reentrant checkpointing: "
-                             "gradient_checkpointing_kwargs={'use_reentrant': False}), or turn checkpointing off.")
+
+def _trainer_find_unused(args, model) -> tuple[bool, str]:
+    """The find_unused_parameters Trainer gives DDP, and why: ("explicit") the argument, ("checkpointing") off for a
+    PreTrainedModel with activation checkpointing, ("default") on otherwise."""
+    from transformers import PreTrainedModel
+
+    explicit = getattr(args, "ddp_find_unused_parameters", None)
+    if explicit is not None:
+        return bool(explicit), "explicit"
+    model = _unwrap_model(model) if model is not None else None
+    if isinstance(model, PreTrainedModel) and (model.is_activation_checkpointing
+                                               or getattr(args, "activation_checkpointing", False)
+                                               or getattr(args, "gradient_checkpointing", False)):
+        return False, "checkpointing"
+    return True, "default"
 
 
 def _unwrap_model(model: nn.Module) -> nn.Module:

@@ -499,6 +499,20 @@ def test_trainer_ddp_needs_find_unused_parameters_only_for_stages_kept_for_later
     init(type("A", (DdpArgs,), {"ddp_find_unused_parameters": False, "world_size": 1}), **gradual)  # no DDP
 
 
+def test_trainer_ddp_check_uses_the_flag_trainer_fixed_at_init(tiny_checkpoints):
+    """Trainer picks DDP's find_unused_parameters when it is created. Checkpointing turned on in the model after
+    that does not change it, so on_train_begin must not refuse; turned on before, it is refused at on_init_end."""
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    args = type("A", (DdpArgs,), {})
+    fs = FreezeScheduler(unfreeze_at_step=2, num_stages=1)
+    fs.on_init_end(args, None, None, model=model)  # no checkpointing: Trainer's DDP finds unused params
+    model.resnet.encoder.gradient_checkpointing = True  # what gradient_checkpointing_enable() sets
+    assert model.is_activation_checkpointing
+    fs._check_trainer_ddp(args, model)  # on_train_begin's check: Trainer's flag is still True
+    with pytest.raises(ValueError, match="With activation checkpointing on, Trainer turns"):
+        FreezeScheduler(unfreeze_at_step=2, num_stages=1).on_init_end(args, None, None, model=model)
+
+
 def test_plain_ddp_loop_checks_find_unused_parameters(tiny_checkpoints, caplog, monkeypatch):
     """A plain loop under DDP (what `accelerate launch` builds, find_unused_parameters=False by default): attach(...,
     model=ddp) refuses it with the fix, instead of DDP failing at step 2; with find_unused_parameters=True the
