@@ -108,6 +108,7 @@ class FreezeScheduler(TrainerCallback):
         self._scheduler = None
         self._step = 0  # the optimizer step whose lr factor the scheduler's lambdas apply
         self._trainer_find_unused: tuple[bool, str] | None = None  # Trainer's DDP flag, read at on_init_end
+        self._keep: set[str] = set()  # stages trainable later but not at step 0
 
     # -- library API (also used by plain Accelerate loops) -------------------------------------------------
 
@@ -307,8 +308,8 @@ class FreezeScheduler(TrainerCallback):
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is None:
             raise ValueError("FreezeScheduler needs the Trainer's model (Trainer(model=...); model_init is not supported).")
-        self._check_args(args)
         self.prepare_model(model)
+        self._check_args(args)
         self._trainer_find_unused = _trainer_find_unused(args, model)  # what this Trainer gave DDP, fixed now
         self._check_trainer_ddp(args, model)
 
@@ -358,14 +359,27 @@ class FreezeScheduler(TrainerCallback):
             self._multipliers.remove()
             self._multipliers = None
 
-    @staticmethod
-    def _check_args(args) -> None:
-        if getattr(args, "deepspeed", None) or getattr(args, "deepspeed_plugin", None):
-            raise ValueError("FreezeScheduler does not support DeepSpeed: its partitioned optimizer cannot take stages "
-                             "that are frozen at start and unfrozen later. Use DDP (torchrun/accelerate launch).")
-        if getattr(args, "fsdp", None):
-            raise ValueError("FreezeScheduler does not support FSDP: flattened parameters cannot be frozen per stage. "
-                             "Use DDP (torchrun/accelerate launch) — CNNs fit on one device.")
+    def _role(self) -> str:
+        """What this schedule does to the optimizer, for error messages (after prepare_model)."""
+        if self._keep:
+            return f"it unfreezes stages {sorted(self._keep)} during training, so the optimizer must hold them frozen"
+        if self.stage_lr_decay is not None:
+            return "it gives each stage its own learning rate (stage_lr_decay) through per-stage parameter groups"
+        return "it keeps the frozen stages out of the optimizer and their BatchNorm in eval mode"
+
+    def _trains_all_from_start(self) -> bool:
+        return self._units is not None and bool(self.stages) and min(self.stages) == len(self._units)
+
+    def _check_args(self, args) -> None:
+        engine = ("DeepSpeed" if getattr(args, "deepspeed", None) or getattr(args, "deepspeed_plugin", None)
+                  else "FSDP" if getattr(args, "fsdp", None) else None)
+        if engine is not None:
+            raise ValueError(
+                f"FreezeScheduler does not support {engine}: {self._role()}, and {engine} "
+                f"{'partitions the optimizer state' if engine == 'DeepSpeed' else 'flattens the parameters'} itself. "
+                "Use DDP (torchrun / accelerate launch); CNNs fit on one device."
+                + (" Or drop stage_lr_decay: full fine-tuning then needs no FreezeScheduler."
+                   if self._trains_all_from_start() and self.stage_lr_decay is not None else ""))
         if getattr(args, "ddp_static_graph", None):
             raise ValueError("FreezeScheduler changes which parameters get gradients at its steps; DDP's static_graph "
                              "assumes they never change. Leave ddp_static_graph unset.")

@@ -428,20 +428,29 @@ def test_added_too_late(tiny_checkpoints, tmp_path):
         trainer.train()
 
 
-def test_fsdp_and_deepspeed_refused():
-    class Args:
-        deepspeed = None
-        deepspeed_plugin = None
-        fsdp = "full_shard"
-        world_size = 1
-        ddp_find_unused_parameters = None
-        gradient_checkpointing = False
+def test_fsdp_and_deepspeed_refused_with_what_the_schedule_does(tiny_checkpoints):
+    """Refused at Trainer(...), and the reason names what this schedule needs from the optimizer: a later unfreeze,
+    per-stage learning rates (full fine-tuning with stage_lr_decay: then dropping the decay is a fix), or frozen
+    stages kept out of it."""
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
 
-    with pytest.raises(ValueError, match="does not support FSDP"):
-        FreezeScheduler._check_args(Args)
-    Args.fsdp, Args.deepspeed = None, "ds_config.json"
-    with pytest.raises(ValueError, match="does not support DeepSpeed"):
-        FreezeScheduler._check_args(Args)
+    def refused(engine, **kw):
+        args = type("A", (DdpArgs,), {"world_size": 1, "fsdp": "full_shard"} if engine == "FSDP"
+                    else {"world_size": 1, "deepspeed": "ds_config.json"})
+        with pytest.raises(ValueError, match=f"does not support {engine}") as e:
+            FreezeScheduler(**kw).on_init_end(args, None, None, model=model)
+        return str(e.value)
+
+    for engine in ("FSDP", "DeepSpeed"):
+        msg = refused(engine, unfreeze_at_step=2, num_stages=1)
+        assert "unfreezes stages ['stage4'] during training" in msg and "drop stage_lr_decay" not in msg
+        msg = refused(engine, schedule=[(0, "all")], stage_lr_decay=0.5)
+        assert "own learning rate (stage_lr_decay)" in msg and "unfreezes" not in msg
+        assert "Or drop stage_lr_decay" in msg
+        msg = refused(engine, schedule=[(0, 1)], stage_lr_decay=0.5)  # top-1: still needs the callback
+        assert "own learning rate" in msg and "drop stage_lr_decay" not in msg
+        msg = refused(engine, schedule=[(0, 1)])
+        assert "keeps the frozen stages out of the optimizer" in msg
 
 
 def test_tf_style_bn_momentum_in_trained_stages_is_warned_about(tiny_checkpoints, caplog):
