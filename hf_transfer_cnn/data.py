@@ -413,7 +413,8 @@ def build_transforms(
     processor itself); train: RandomResizedCrop(crop, crop_scale, same filter) +
     RandomHorizontalFlip (+ RandomErasing with probability `random_erasing`, after normalising, so an erased
     rectangle holds the channel mean). Both then scale to the processor's rescale factor (1/255) and normalise with its
-    mean/std adapted to `num_channels` (RGB stats averaged for gray) unless `mean`/`std` are given.
+    mean/std adapted to `num_channels` (RGB stats averaged for gray) unless `mean`/`std` are given, honouring
+    EfficientNet's ``rescale_offset`` and ``include_top`` as its processor does, so eval pixels equal the processor's.
     ``augment=False`` returns the eval transform for training too (deterministic; for feature caching).
     """
     from torchvision.transforms import v2
@@ -422,7 +423,8 @@ def build_transforms(
         raise ValueError(f"num_channels={num_channels!r}; use a positive integer (1 = grayscale, 3 = RGB).")
     crop_hw, resize = processor_sizes(image_processor, image_size)
     base = 1 if num_channels < 3 else 3
-    if getattr(image_processor, "do_normalize", True) is False and mean is None and std is None:
+    normalizing = not (getattr(image_processor, "do_normalize", True) is False and mean is None and std is None)
+    if not normalizing:
         mean_v, std_v = [0.0] * num_channels, [1.0] * num_channels
     else:
         mean_src = mean if mean is not None else (getattr(image_processor, "image_mean", None) or [0.5])
@@ -432,11 +434,18 @@ def build_transforms(
     if any(s <= 0 for s in std_v):
         raise ValueError(f"std={std_v} must be positive.")
     factor = float(getattr(image_processor, "rescale_factor", None) or 1 / 255)
+    offset = 0.0
     if getattr(image_processor, "do_rescale", True) is False:
         factor = 1.0
-    # (x * factor - m) / s == (x - m / factor) / (s / factor): one Normalize on the raw 0..255 values.
+    elif getattr(image_processor, "rescale_offset", False) is True:  # EfficientNet: x * factor - 1
+        offset = 1.0
+    if getattr(image_processor, "include_top", False) is True:  # EfficientNet: divides by image_std once more
+        again = std_v if normalizing else _channel_values(getattr(image_processor, "image_std", None) or [0.5],
+                                                          num_channels, "std")
+        std_v = [s * t for s, t in zip(std_v, again)]
+    # ((x * factor - offset) - m) / s == (x - (m + offset) / factor) / (s / factor): one Normalize on 0..255 values
     normalize = [v2.ToDtype(torch.float32, scale=False),
-                 v2.Normalize([m / factor for m in mean_v[:base]], [s / factor for s in std_v[:base]])]
+                 v2.Normalize([(m + offset) / factor for m in mean_v[:base]], [s / factor for s in std_v[:base]])]
     mode, pil_only = resize_interpolation(image_processor)
 
     def on_image(steps: list) -> list:  # PIL-only filters resize the PIL image, the rest the uint8 tensor

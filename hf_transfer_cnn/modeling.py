@@ -215,7 +215,9 @@ def default_image_processor(model_type: str, image_size: int = 224) -> Any:
     names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
     name = (names.get("torchvision") or names.get("pil")) if isinstance(names, dict) else names
     if name:  # the family's processor with ImageNet statistics (what its pretrained checkpoints use)
-        proc = get_image_processor_class_from_name(name)(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+        cls = get_image_processor_class_from_name(name)
+        extra = {"include_top": False} if hasattr(cls, "include_top") else {}  # EfficientNet: no second /std
+        proc = cls(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), **extra)
         return adapt_image_processor(proc, image_size=image_size)
     from transformers import ConvNextImageProcessor
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 from collections import Counter
@@ -135,6 +136,40 @@ def test_eval_transform_matches_the_image_processor_for_its_resample_filter(resa
     as_mode = T.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=list(MEAN), image_std=list(STD))
     as_mode.resample = InterpolationMode[{0: "NEAREST_EXACT", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC"}[resample]]
     assert torch.equal(build_transforms(as_mode, 3)[1](img), build_transforms(procs[0], 3)[1](img))
+
+
+def test_eval_transform_matches_efficientnet_processors_quirks():
+    """EfficientNet's processor can subtract 1 after rescaling (rescale_offset) and divide by std a second time
+    (include_top, its class default): the eval transform gives the same pixels for every combination and both
+    backends, also for gray input; the default processor built for a checkpoint without one has no second /std."""
+    import transformers as T
+    from PIL import Image
+
+    from hf_transfer_cnn.modeling import default_image_processor
+
+    img, gray = Image.fromarray(_noise(3, (41, 53, 3))), Image.fromarray(_noise(4, (41, 53)))
+    for cls in (T.EfficientNetImageProcessor, T.EfficientNetImageProcessorPil):
+        for top, offset, norm in itertools.product((True, False), (True, False), (True, False)):
+            proc = cls(size={"height": 32, "width": 32}, include_top=top, rescale_offset=offset, do_normalize=norm,
+                       rescale_factor=1 / 127.5 if offset else 1 / 255, image_mean=list(MEAN), image_std=list(STD),
+                       resample=2)
+            # the PIL backend resizes with PIL: within one grey level of the tensor resize
+            level = proc.rescale_factor / min(STD) ** ((norm + top) or 1) if "Pil" in cls.__name__ else 0.0
+            expected = proc(img, return_tensors="pt").pixel_values[0]
+            got = build_transforms(proc, 3)[1](img)
+            assert (got - expected).abs().max().item() < level + 1e-5, (cls.__name__, top, offset, norm)
+            # gray: the same quirks with the RGB-averaged statistics (equal per channel here, to compare with the
+            # processor on the gray image as RGB)
+            flat = cls(**{**proc.to_dict(), "image_mean": [0.45] * 3, "image_std": [0.25] * 3})
+            expected = flat(gray.convert("RGB"), return_tensors="pt").pixel_values[0, :1]
+            level = flat.rescale_factor / 0.25 ** ((norm + top) or 1) if "Pil" in cls.__name__ else 0.0
+            assert (build_transforms(flat, 1)[1](gray) - expected).abs().max().item() < level + 1e-5, (top, norm)
+    default = default_image_processor("efficientnet", image_size=32)
+    assert default.include_top is False
+    x = default(img, return_tensors="pt").pixel_values[0]
+    assert (build_transforms(default, 3)[1](img) - x).abs().max().item() < 1e-5
+    restored = x * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
+    assert -1e-5 <= restored.min().item() and restored.max().item() <= 1 + 1e-5  # one /std: back to 0..1
 
 
 def test_on_bad_image_error_names_file(mixed_folder, tmp_path):
