@@ -270,6 +270,8 @@ def apply_freeze(
                 _thaw_module(m, model.training)
         for p in unit.parameters():
             p.requires_grad_((not frozen) or unit.name in keep)
+            if frozen:  # a stale (or zeroed) grad would let momentum / weight decay keep moving the frozen weights
+                p.grad = None
     state = FreezeState(stage_names=names, trainable_stages=n, keep_requires_grad=keep, fast=fast)
     object.__setattr__(model, "hf_transfer_freeze_state", state)
     return state

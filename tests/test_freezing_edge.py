@@ -193,6 +193,30 @@ def test_keep_requires_grad_refuses_a_bare_string(tiny_checkpoints):
     assert state.keep_requires_grad == {"stage4"}
 
 
+def test_refrozen_stage_drops_its_grads_so_the_optimizer_cannot_move_it(tiny_checkpoints):
+    """A plain loop zeroing grads in place (set_to_none=False) after freeze(0): the frozen stage's old .grad would
+    let AdamW's momentum and weight decay keep moving it. Freezing drops those grads; the stage stays bit-exact
+    while the head still trains."""
+    torch.manual_seed(0)
+    model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3, trainable_stages=1)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    model.train()
+    model(pixel_values=x, labels=y).loss.backward()
+    opt.step()
+    model.freeze(0, keep_requires_grad=["stage4"])  # also for a stage kept in the optimizer for later
+    top = [p for u in model.stage_units()[-1:] for p in u.parameters()]
+    assert top and all(p.grad is None for p in top)
+    before = [p.detach().clone() for p in top]
+    head = model.classifier[-1].weight.detach().clone()
+    for _ in range(3):
+        opt.zero_grad(set_to_none=False)
+        model(pixel_values=x, labels=y).loss.backward()
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(top, before))
+    assert not torch.equal(model.classifier[-1].weight, head)
+
+
 def test_clear_inference_copies_picks_up_data_writes(tiny_checkpoints):
     """Writes through .data leave the version counter alone; clear_inference_copies makes the copies follow."""
     for model_type in ("resnet", "efficientnet"):  # per-module copies and the whole-prefix graph
