@@ -10,6 +10,7 @@ the full forward runs after pooling.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -36,6 +37,45 @@ def _backbone_tensors(model) -> list[tuple[str, torch.Tensor]]:
 
 
 CACHE_FORMAT = 1  # bump when what is stored changes
+_LABEL_FIELDS = {"id2label", "label2id", "num_labels", "problem_type", "architectures", "transformers_version",
+                 "_name_or_path"}
+
+
+def _compute_config(config) -> str:
+    """The config without labels and head metadata: the settings the backbone's forward reads (activation,
+    padding, norm eps, ...), which the weights alone do not fix."""
+    d = {k: v for k, v in config.to_dict().items() if k not in _LABEL_FIELDS}
+    from .modeling import CONFIG_KEY
+
+    meta = dict(d.pop(CONFIG_KEY, None) or {})
+    meta.pop("head", None)
+    d[CONFIG_KEY] = meta
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+_RANDOM_TRANSFORMS = {"ColorJitter", "AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "ElasticTransform",
+                      "ScaleJitter", "MixUp", "CutMix"}
+
+
+def _random_steps(transform: Any) -> list[str]:
+    """The random augmentations inside `transform`: torchvision ``Random*`` (and a few others) anywhere in its
+    Compose tree, or a training `ImageTransform`."""
+    found, stack, seen = [], [transform], set()
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        name = type(t).__name__
+        if getattr(t, "train", None) is True or name.startswith("Random") or name in _RANDOM_TRANSFORMS:
+            found.append(name)
+        for attr in ("pipeline", "transforms"):
+            sub = getattr(t, attr, None)
+            if isinstance(sub, (list, tuple, torch.nn.ModuleList)):
+                stack.extend(sub)
+            elif callable(sub):
+                stack.append(sub)
+    return found
 
 
 def feature_cache_key(model, transform: Any, dataset, columns: tuple[str, str] = ("image", "label")) -> str:
@@ -46,6 +86,7 @@ def feature_cache_key(model, transform: Any, dataset, columns: tuple[str, str] =
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     h.update(repr((model.config.model_type, model.num_input_channels, model.head_spec.pooling)).encode())
+    h.update(_compute_config(model.config).encode())
     h.update(repr(transform).encode())
     h.update(str(getattr(dataset, "_fingerprint", None) or len(dataset)).encode())
     return h.hexdigest()[:32]
@@ -55,16 +96,32 @@ def cache_pooled_features(model, dataset, transform, *, image_column: str = "ima
                           batch_size: int = 64, cache_dir: str | os.PathLike | None = None):
     """A `datasets.Dataset` of ``pooled_features``/``labels`` for `dataset` (raw images), cached on disk.
 
-    `transform` must be deterministic (the eval transform): augmentation would be frozen into the cache.
+    `transform` must be deterministic (the eval transform): augmentation would be frozen into the cache. Random
+    torchvision steps are refused by name; any other transform must give the same tensor for the first image.
     Requires every backbone stage of `model` to be frozen.
     """
     state = model.freeze_state
     if state is None or state.trainable_stages != 0:
         raise ValueError("Feature caching needs the whole backbone frozen (trainable_stages=0); with trainable stages "
                          "the features change every step. Use strategy='feature_extraction'.")
-    if getattr(transform, "train", False):
-        raise ValueError("Feature caching needs a deterministic transform (augment=False / the eval transform); "
-                         "random augmentation cannot be cached.")
+    from .data import ImageTransform, convert_image
+
+    if isinstance(transform, ImageTransform):
+        apply = transform
+    else:  # a plain (torchvision) transform gets the decoded PIL image, in the model's input mode
+
+        def apply(image):
+            return transform(convert_image(image, model.num_input_channels))
+
+    random_steps = _random_steps(transform)
+    if not random_steps and len(dataset):  # any other callable: the same image must give the same tensor
+        first = dataset[0][image_column]
+        ref = apply(first)
+        if not all(torch.equal(ref, apply(first)) for _ in range(3)):
+            random_steps = [f"{type(transform).__name__} (different outputs for the same image)"]
+    if random_steps:
+        raise ValueError(f"Feature caching needs a deterministic transform (augment=False / the eval transform); "
+                         f"random augmentation cannot be cached, and this one has {random_steps}.")
     key = feature_cache_key(model, transform, dataset, (image_column, label_column))
     directory = Path(cache_dir) if cache_dir else features_cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -75,7 +132,7 @@ def cache_pooled_features(model, dataset, transform, *, image_column: str = "ima
     device = next(model.parameters()).device
 
     def encode(batch):
-        x = torch.stack([transform(img) for img in batch[image_column]]).to(device)
+        x = torch.stack([apply(img) for img in batch[image_column]]).to(device)
         with torch.no_grad():
             pooled = model.pooled_features(x).float().cpu().numpy()
         return {"pooled_features": pooled.astype(np.float32), "labels": np.asarray(batch[label_column], np.int64)}

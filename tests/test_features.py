@@ -73,3 +73,47 @@ def test_cache_refuses_trainable_backbone_and_augmentation(tiny_checkpoints, fol
     model.freeze(0)
     with pytest.raises(ValueError, match="deterministic transform"):
         cache_pooled_features(model, train_raw, train_tf, cache_dir=tmp_path)
+    from torchvision.transforms import v2
+
+    deterministic = v2.Compose([v2.ToImage(), v2.Resize(32), v2.CenterCrop(32), v2.ToDtype(torch.float32, scale=True),
+                                v2.Normalize([0.5] * 3, [0.25] * 3)])
+    assert len(cache_pooled_features(model, train_raw, deterministic, cache_dir=tmp_path)) == 24  # a v2 Module
+    flip = v2.Compose([v2.ToImage(), v2.Resize(32), v2.CenterCrop(32), v2.RandomHorizontalFlip(),
+                       v2.ToDtype(torch.float32, scale=True)])
+    with pytest.raises(ValueError, match="RandomHorizontalFlip"):
+        cache_pooled_features(model, train_raw, flip, cache_dir=tmp_path)
+    torch.manual_seed(0)
+
+    def coin(image):  # not a torchvision step: found by running it on the same image
+        x = eval_tf(image)
+        return x.flip(-1) if torch.rand(()) < 0.5 else x
+
+    with pytest.raises(ValueError, match="different outputs for the same image"):
+        cache_pooled_features(model, train_raw, coin, cache_dir=tmp_path)
+
+
+def test_cache_key_follows_the_compute_config_not_the_labels(tiny_checkpoints, folder, tmp_path):
+    """Same weights, another activation (the config, not the weights, sets it): another cache entry with the right
+    features; new label names alone keep the entry."""
+    import json
+    import shutil
+
+    from hf_transfer_cnn.features import feature_cache_key
+
+    train_raw, _, _ = load_image_classification_data(train_dir=folder, train_val_split=0)
+    gelu = tmp_path / "gelu"
+    shutil.copytree(tiny_checkpoints["resnet"], gelu)
+    config = json.loads((gelu / "config.json").read_text())
+    assert config.get("hidden_act", "relu") == "relu"
+    (gelu / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    relu_model, gelu_model = _model(tiny_checkpoints["resnet"]), _model(gelu)
+    _, eval_tf = build_transforms(relu_model.image_processor, 3, image_size=32, augment=False)
+    assert feature_cache_key(relu_model, eval_tf, train_raw) != feature_cache_key(gelu_model, eval_tf, train_raw)
+    relabelled = TransferModel.from_pretrained(tiny_checkpoints["resnet"], id2label={0: "x", 1: "y", 2: "z"},
+                                               image_size=32, trainable_stages=0)
+    assert feature_cache_key(relabelled, eval_tf, train_raw) == feature_cache_key(relu_model, eval_tf, train_raw)
+    cache_pooled_features(relu_model, train_raw, eval_tf, cache_dir=tmp_path / "c")
+    cached = cache_pooled_features(gelu_model, train_raw, eval_tf, cache_dir=tmp_path / "c")
+    with torch.no_grad():
+        true = gelu_model.eval().pooled_features(torch.stack([eval_tf(im) for im in train_raw["image"]]))
+    torch.testing.assert_close(cached[:]["pooled_features"], true, rtol=0, atol=1e-6)
