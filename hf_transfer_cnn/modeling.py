@@ -110,27 +110,32 @@ def _last_linear_path(module: nn.Module) -> str | None:
 # --- input adaptation -----------------------------------------------------------------------------
 
 def adapt_conv_weight(weight: torch.Tensor, num_channels: int) -> torch.Tensor:
-    """Map a conv kernel trained on RGB (``[out, 3, kh, kw]``) or gray (``[out, 1, kh, kw]``) to `num_channels`.
+    """Map a stem kernel ``[out, in, kh, kw]`` to `num_channels` inputs.
 
-    Rule: channel 0 receives the sum of the RGB kernels when fewer than 3 channels are asked for (a gray
-    tensor then gives exactly the response of that tensor replicated to RGB); with 3 or more channels the
-    first three keep their RGB kernels and every extra channel starts at zero (the model initially
-    behaves exactly as the RGB model and ignores the extra channels until the stem trains). A gray kernel
-    asked for 3 or more channels is split evenly over R, G and B (the response to an RGB image is the gray
-    model's response to its channel mean); extra channels again start at zero.
+    Channels are read as this package lays them out: the first three are RGB (the first one is gray when there
+    are fewer than 3), any further ones are extra channels. Rule for the colour part: RGB -> gray sums the three
+    kernels (a gray tensor then gives exactly the response of that tensor replicated to RGB); gray -> RGB splits
+    the kernel evenly over R, G and B (an RGB image gets the gray model's response to its channel mean). Extra
+    channels keep their kernels in order where both sides have them; new ones start at zero (the model ignores
+    them until the stem trains), surplus ones are dropped.
     """
     out_c, in_c = weight.shape[:2]
     if num_channels < 1:
         raise ValueError(f"num_channels={num_channels}; it must be at least 1.")
     if num_channels == in_c:
         return weight.clone()
+    base_in, base_out = (1 if in_c < 3 else 3), (1 if num_channels < 3 else 3)
     new = weight.new_zeros((out_c, num_channels, *weight.shape[2:]))
-    if num_channels < in_c:
-        new[:, 0] = weight.sum(dim=1)
-    elif in_c == 1 and num_channels >= 3:
-        new[:, :3] = weight / 3
+    colour = weight[:, :base_in]
+    if base_in == base_out:
+        new[:, :base_out] = colour
+    elif base_out == 1:
+        new[:, :1] = colour.sum(dim=1, keepdim=True)
     else:
-        new[:, :in_c] = weight
+        new[:, :3] = colour / 3
+    extra = min(in_c - base_in, num_channels - base_out)
+    if extra > 0:
+        new[:, base_out:base_out + extra] = weight[:, base_in:base_in + extra]
     return new
 
 
@@ -277,6 +282,10 @@ def _normalise_labels(num_labels, id2label, label2id):
                 f"num_labels={num_labels} but id2label has {len(id2label)} entries; pass one of them, or make them agree."
             )
         num_labels = len(id2label)
+        repeated = sorted({v for v in id2label.values() if list(id2label.values()).count(v) > 1})
+        if repeated:
+            raise ValueError(f"id2label names {repeated} more than once; every class needs its own name "
+                             "(label2id could not map back).")
     if label2id is not None:
         label2id = {str(k): int(v) for k, v in dict(label2id).items()}
         if num_labels is None:

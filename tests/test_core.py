@@ -89,6 +89,29 @@ def test_more_than_three_channels_rule(tiny_checkpoints, model_type):
     assert list(proc.image_mean[:3]) == list(rgb.image_processor.image_mean)
 
 
+def test_adapt_conv_weight_keeps_colour_and_extra_channels_apart():
+    """Kernels laid out as RGB (gray when fewer than 3) then extras: the colour part is summed or split, extras keep
+    their kernels in order, new extras are zero, surplus ones dropped. An RGB+extra stem back to RGB is the RGB stem."""
+    from hf_transfer_cnn.modeling import adapt_conv_weight
+
+    w = torch.arange(1, 6, dtype=torch.float32).reshape(1, 5, 1, 1)  # R=1 G=2 B=3, extras 4, 5
+
+    def channels(t):
+        return t.flatten().tolist()
+
+    assert channels(adapt_conv_weight(w, 3)) == [1, 2, 3]
+    assert channels(adapt_conv_weight(w, 4)) == [1, 2, 3, 4]
+    assert channels(adapt_conv_weight(w, 6)) == [1, 2, 3, 4, 5, 0]
+    assert channels(adapt_conv_weight(w, 1)) == [6]  # gray = R + G + B
+    assert channels(adapt_conv_weight(w, 2)) == [6, 4]
+    gray_extra = torch.tensor([3.0, 7.0]).reshape(1, 2, 1, 1)  # gray 3, extra 7
+    assert channels(adapt_conv_weight(gray_extra, 3)) == [1, 1, 1]
+    assert channels(adapt_conv_weight(gray_extra, 4)) == [1, 1, 1, 7]
+    assert channels(adapt_conv_weight(gray_extra, 1)) == [3]
+    assert channels(adapt_conv_weight(w[:, :3], 2)) == [6, 0]
+    assert channels(adapt_conv_weight(w[:, :1], 2)) == [1, 0]
+
+
 @pytest.mark.parametrize("source", ["resnet", "mobilenet_v2", "lenet5"])
 def test_gray_checkpoint_to_rgb_uses_every_colour_channel(tiny_checkpoints, tmp_path, source):
     """A 1-channel checkpoint (a gray fine-tune, LeNet-5) asked for RGB splits its kernel over R, G and B: the RGB
@@ -313,6 +336,7 @@ def test_unknown_model_type(tmp_path):
         ({"num_labels": 0}, "at least 1 label"),
         ({"num_labels": 3, "id2label": {0: "a", 1: "b"}}, "num_labels=3 but id2label has 2"),
         ({"id2label": {0: "a", 2: "b"}}, "keys must be 0..1"),
+        ({"id2label": {0: "cat", 1: "cat", 2: "dog"}}, r"names \['cat'\] more than once"),
         ({"num_channels": 0}, "num_channels=0"),
         ({"trainable_stages": 9}, "only 5 stages"),
         ({"trainable_stages": -1}, "negative"),
