@@ -30,8 +30,9 @@ Policies
   is not touched (if your own code sets it to True, truncated files decode partially and are kept).
 * Modes (see `to_8bit`): every image becomes 8-bit ``L`` or ``RGB``. RGBA/LA/PA (and palette images
   with transparency) are alpha-composited on **white** (not alpha-dropped, which would expose whatever
-  colour sits under transparent pixels). ``I;16*`` maps 0..65535 linearly to 0..255; ``I`` (32-bit)
-  uses the same 16-bit scale when its values fit in 0..65535, else a per-image min-max stretch;
+  colour sits under transparent pixels). ``I;16*`` maps 0..65535 linearly to 0..255; ``I`` (32-bit, e.g.
+  a numpy int64 array in a dataset) is taken as 8-bit when its values fit in 0..255, as 16-bit when they fit
+  in 0..65535, else min-max stretched (per image);
   ``F`` is taken as 0..1 (x255) or 0..255 when it fits one of them, else min-max stretched. CMYK,
   YCbCr, HSV, RGBX ... go through PIL's ``convert("RGB")``. EXIF orientation is applied.
 * Channels (see `convert_image`): 1 channel = ``L`` (ITU-R 601 luma), 3 = ``RGB``; 2 = ``L`` plus one
@@ -233,9 +234,10 @@ def to_8bit(img):
         arr = np.asarray(img)
         if mode.startswith("I;16"):
             lo, hi = 0.0, 65535.0
-        elif mode == "I":
-            lo, hi = (0.0, 65535.0) if arr.size == 0 or (arr.min() >= 0 and arr.max() <= 65535) else \
-                (float(arr.min()), float(arr.max()))
+        elif mode == "I":  # 32-bit ints: 8-bit values (numpy int arrays), 16-bit ones, or anything else
+            amin, amax = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+            lo, hi = (0.0, 255.0) if amin >= 0 and amax <= 255 else (0.0, 65535.0) if amin >= 0 and amax <= 65535 \
+                else (float(amin), float(amax))
         else:
             finite = arr[np.isfinite(arr)]
             amin, amax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)

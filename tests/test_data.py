@@ -193,6 +193,12 @@ def test_mode_conversions():
     assert np.asarray(to_8bit(big_endian)).tolist() == [[7, 255]]
     as_i = Image.fromarray(np.array([[0, 257 * 50]], dtype=np.int32))
     assert as_i.mode == "I" and np.asarray(to_8bit(as_i)).tolist() == [[0, 50]]
+    # 8-bit values in an int64 array: datasets stores them as mode I; they keep their values (not / 257)
+    stored = datasets.Dataset.from_dict({"image": [np.array([[0, 7, 240]], dtype=np.int64)]},
+                                        features=datasets.Features({"image": datasets.Image()}))[0]["image"]
+    assert stored.mode == "I" and np.asarray(to_8bit(stored)).tolist() == [[0, 7, 240]]
+    wide_i = Image.fromarray(np.array([[-10, 0, 90]], dtype=np.int32))
+    assert np.asarray(to_8bit(wide_i)).tolist() == [[0, 26, 255]]  # min-max stretched
     f01 = Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32))
     assert np.asarray(to_8bit(f01)).tolist() == [[0, 128, 255]]
     f_wide = Image.fromarray(np.array([[-1.0, 0.0, 1.0]], dtype=np.float32))
