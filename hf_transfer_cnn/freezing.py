@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _torch_module
 
 from .registry import ArchSpec, StageUnit, get_arch, stage_units
 
@@ -194,14 +195,20 @@ class _FrozenForward:
         return (_FrozenForward, (self.module, self.inner))
 
 
-def _has_hooks(module: nn.Module) -> bool:
-    """Whether `module` or a submodule runs through an instance ``forward`` (an accelerate ``_hf_hook``, ...) that an
-    inference copy would skip."""
-    for m in module.modules():
-        forward = m.__dict__.get("forward")
+def _has_hooks(module: nn.Module, *, own: bool = False, subs: tuple | None = None) -> bool:
+    """Whether running an inference copy of `module` would skip or misplace user code: an instance ``forward`` (an
+    accelerate ``_hf_hook``, ...) anywhere in it, torch forward (pre-)hooks on a submodule (or, with `own`, on
+    `module` itself, which a whole-prefix graph bypasses), or global forward hooks. Runs on every frozen call,
+    over `subs` (``tuple(module.modules())``, kept with the module's copies) when given."""
+    if _torch_module._global_forward_hooks or _torch_module._global_forward_pre_hooks:
+        return True
+    for m in module.modules() if subs is None else subs:
+        d = m.__dict__
+        forward = d.get("forward")
         if isinstance(forward, _FrozenForward):
             forward = forward.inner
-        if forward is not None or hasattr(m, "_hf_hook"):
+        if forward is not None or "_hf_hook" in d or ((own or m is not module) and (d["_forward_hooks"]
+                                                                                  or d["_forward_pre_hooks"])):
             return True
     return False
 
@@ -321,10 +328,10 @@ _MAX_SHAPES = 8
 class _FastSlot:
     """A frozen module's inference copies (one per input signature) and the weights version they were built from."""
 
-    __slots__ = ("options", "copies", "key", "no_graph")
+    __slots__ = ("options", "copies", "key", "no_graph", "subs")
 
     def __init__(self, options: FastOptions):
-        self.options, self.copies, self.key, self.no_graph = options, {}, None, False
+        self.options, self.copies, self.key, self.no_graph, self.subs = options, {}, None, False, None
 
     def __deepcopy__(self, memo):
         return _FastSlot(self.options)
@@ -333,7 +340,13 @@ class _FastSlot:
         return {"options": self.options}
 
     def __setstate__(self, state):
-        self.options, self.copies, self.key, self.no_graph = state["options"], {}, None, False
+        self.options, self.copies, self.key, self.no_graph, self.subs = state["options"], {}, None, False, None
+
+    def submodules(self, module: nn.Module, key: tuple) -> tuple:
+        """``tuple(module.modules())``, refreshed with the weights version (a swapped submodule changes it)."""
+        if self.subs is None or self.subs[0] != key:
+            self.subs = (key, tuple(module.modules()))
+        return self.subs[1]
 
     @property
     def copy(self):
@@ -350,11 +363,10 @@ _SLOT_LOCK = threading.RLock()  # a slot is checked, reset and filled by one thr
 def _fast_call(module: nn.Module, x: torch.Tensor):
     slot: _FastSlot = module.__dict__[_FAST]
     key = _version_key(module)
+    if _has_hooks(module, subs=slot.submodules(module, key)):  # hooked (hooks, dispatch, offloading): run as it is
+        return type(module).forward(module, x)
     with _SLOT_LOCK:
         if slot.key != key:  # the stored weights changed (load_state_dict, .to(), ...): rebuild
-            if _has_hooks(module):  # hooked since freezing (dispatch, offloading): no copy, run it as it is
-                module.__dict__.pop(_FAST, None)
-                return type(module).forward(module, x)
             slot.copies, slot.key, slot.no_graph = {}, key, False
         autocast = torch.is_autocast_enabled(x.device.type) if x.device.type in ("cpu", "cuda") else False
         use_jit = (slot.options.jit and not slot.options.compile and not slot.no_graph and x.device.type == "cpu"
@@ -440,7 +452,10 @@ def run_frozen_prefix(owner: nn.Module, modules: list[nn.Module], x: torch.Tenso
     if any(s is None or not s.options.jit or s.options.compile or not s.options.channels_last or s.no_graph
            for s in slots):
         return None
-    base = (tuple(id(m) for m in modules), tuple(_version_key(m) for m in modules), tuple(s.options for s in slots))
+    keys = tuple(_version_key(m) for m in modules)
+    if any(_has_hooks(m, own=True, subs=s.submodules(m, k)) for m, s, k in zip(modules, slots, keys)):
+        return None  # one graph would skip the hooks: per-module path
+    base = (tuple(id(m) for m in modules), keys, tuple(s.options for s in slots))
     cache = owner.__dict__.get(_PREFIX) or owner.__dict__.setdefault(_PREFIX, _PrefixCache())
     graph = cache.get(base, (tuple(x.shape[1:]), x.dtype), lambda: _build_prefix_graph(modules, x, slots[0].options))
     if graph is None:
@@ -452,8 +467,6 @@ def run_frozen_prefix(owner: nn.Module, modules: list[nn.Module], x: torch.Tenso
 
 
 def _build_prefix_graph(modules: list[nn.Module], x: torch.Tensor, options: FastOptions):
-    if any(_has_hooks(m) for m in modules):  # hooked since freezing: each module runs its hooks
-        return None
     graph = build_inference_copy(nn.Sequential(*modules), x, options, use_jit=True)
     return graph if is_inference_graph(graph) else None  # else: per-module copies
 
@@ -477,6 +490,9 @@ def _plain_copy(module: nn.Module) -> nn.Module:
     for m in clone.modules():
         for attr in ("forward", *_FROZEN_ATTRS):
             m.__dict__.pop(attr, None)
+        for attr, value in list(vars(m).items()):  # the user's hooks run on the real module, once, not on copies
+            if attr.startswith(("_forward_", "_backward_")) and "hooks" in attr and isinstance(value, dict):
+                setattr(m, attr, type(value)())
     clone.eval()
     for p in clone.parameters():
         p.requires_grad_(False)

@@ -217,6 +217,40 @@ def test_refrozen_stage_drops_its_grads_so_the_optimizer_cannot_move_it(tiny_che
     assert not torch.equal(model.classifier[-1].weight, head)
 
 
+@pytest.mark.parametrize("model_type", ["resnet", "mobilenet_v2", "efficientnet"])
+def test_forward_hooks_on_frozen_stages_fire_once_per_call_on_the_real_module(tiny_checkpoints, model_type):
+    """Hooks on a frozen stage and inside it, registered before the first call or between calls, fire exactly once
+    per forward, with the user's module (copies and whole-prefix graphs would run them on the probe batches, twice,
+    on clones, or not at all). Without hooks the fast path comes back; outputs match the plain model throughout."""
+    path = tiny_checkpoints[model_type]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
+    reference = _plain_reference(model, path).eval()
+    stage = model.stage_units()[1].modules[0]
+    inner = next(m for m in stage.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []
+    handles = [stage.register_forward_hook(lambda mod, i, o: seen.append(("stage", mod is stage))),
+               inner.register_forward_hook(lambda mod, i, o: seen.append(("inner", mod is inner)))]
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = reference(x).logits
+        for _ in range(4):  # first calls build copies/graphs, later ones use them
+            seen.clear()
+            torch.testing.assert_close(model(x).logits, want, rtol=0, atol=1e-5)
+            assert sorted(seen) == [("inner", True), ("stage", True)]
+        for h in handles:
+            h.remove()
+        model(x)
+        late = []
+        handle = stage.register_forward_hook(lambda mod, i, o: late.append(o.shape))
+        for _ in range(3):
+            model(x)
+        assert len(late) == 3
+        handle.remove()
+        torch.testing.assert_close(model(x).logits, want, rtol=0, atol=1e-5)
+    fast = [m for m in stage.modules() if F._FAST in m.__dict__]
+    assert fast and any(m.__dict__[F._FAST].copies for m in fast)  # copies in use again once unhooked
+
+
 def test_clear_inference_copies_picks_up_data_writes(tiny_checkpoints):
     """Writes through .data leave the version counter alone; clear_inference_copies makes the copies follow."""
     for model_type in ("resnet", "efficientnet"):  # per-module copies and the whole-prefix graph
