@@ -370,14 +370,28 @@ def build_model_card(report: TransferReport, output_dir: str | os.PathLike | Non
     ref = report.repo_id or f"path/to/{model_name}"
     gray = report.num_channels == 1  # the processor expects mode "L" images: convert first
     image = 'Image.open("image.jpg").convert("L")' if gray else 'Image.open("image.jpg")'
-    source = image if gray else '"image.jpg"'  # what the pipeline snippet classifies
     lines += ["## How to use", ""]
-    if report.loadable_with_transformers:
+    if report.loadable_with_transformers and gray:  # pipeline() converts every image to RGB: feed the processor
+        lines += [
+            "Plain transformers loads this model (hf-transfer-cnn is not needed). It takes 1-channel (grayscale) "
+            "images, and `pipeline()` converts every image to RGB, so call the processor on an `L` image:", "",
+            "```python", "import torch", "from PIL import Image",
+            "from transformers import AutoImageProcessor, AutoModelForImageClassification", "",
+            f'processor = AutoImageProcessor.from_pretrained("{ref}")',
+            f'model = AutoModelForImageClassification.from_pretrained("{ref}").eval()',
+            f'inputs = processor({image}, return_tensors="pt")',
+            "with torch.no_grad():",
+            "    predicted = model(**inputs).logits.argmax(-1).item()",
+            "print(model.config.id2label[predicted])", "```", "",
+            "With hf-transfer-cnn, `TransferModel.from_pretrained` loads it ready for further transfer learning "
+            "(stage freezing, a new head, other input sizes/channels).", "",
+        ]
+    elif report.loadable_with_transformers:
         lines += [
             "Plain transformers loads this model (hf-transfer-cnn is not needed):", "",
-            "```python", *(["from PIL import Image"] if gray else []), "from transformers import pipeline", "",
+            "```python", "from transformers import pipeline", "",
             f'classifier = pipeline("image-classification", model="{ref}")',
-            f"print(classifier({source}))", "```", "",
+            'print(classifier("image.jpg"))', "```", "",
             "With hf-transfer-cnn, `TransferModel.from_pretrained` loads it ready for further transfer learning "
             "(stage freezing, a new head, other input sizes/channels).", "",
         ]

@@ -731,6 +731,13 @@ class TransferModel(nn.Module):
             return
         native = self._native_class.__name__ if self._native_class else type(self).__name__
         self.config.architectures = [native]
+        from .hub import loadable_with_transformers
+
+        if not loadable_with_transformers(self.config) and not self.__dict__.get("_told_not_plain"):
+            self.__dict__["_told_not_plain"] = True  # once per model, not at every Trainer checkpoint
+            logger.warning("%s needs hf_transfer_cnn to load (TransferModel.from_pretrained): it has a custom head or "
+                           "an input adapter that plain transformers would leave out (a fresh classifier, no adapter: "
+                           "other predictions; its load report lists them as UNEXPECTED).", save_directory)
         self.config.save_pretrained(save_directory)
         if self.image_processor is not None:
             self.image_processor.save_pretrained(save_directory)

@@ -406,6 +406,24 @@ def test_new_labels_keep_a_saved_custom_head(tiny_checkpoints, tmp_path):
     assert isinstance(native.classifier, torch.nn.Linear)
 
 
+def test_saving_a_model_plain_transformers_cannot_rebuild_says_so_once(tiny_checkpoints, tmp_path, caplog):
+    """A custom head, or BiT's channel adapter: plain transformers would load the folder without them. The save
+    warns (once per model, not at every checkpoint); a native head with an absorbed channel change is silent."""
+    import logging
+
+    def warnings_for(model, times=2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.modeling"):
+            for i in range(times):
+                model.save_pretrained(tmp_path / f"s{len(list(tmp_path.iterdir()))}")
+        return [r for r in caplog.records if "needs hf_transfer_cnn to load" in r.getMessage()]
+
+    assert len(warnings_for(TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3,
+                                                          head={"hidden_sizes": [8]}))) == 1
+    assert len(warnings_for(TransferModel.from_pretrained(tiny_checkpoints["bit"], num_channels=1))) == 1
+    assert not warnings_for(TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_channels=1))
+
+
 def test_own_labels_keep_the_trained_head(tiny_checkpoints, tmp_path):
     """Continuing to train a fine-tuned model on its own classes keeps its classifier; other names, another order,
     a bare num_labels or a new head layout give a fresh one."""

@@ -322,7 +322,8 @@ def test_model_card_variants(tmp_path):
     assert "/data/pets" not in text and "- **Dataset:** local data `pets`" in text
     gray = build_model_card(_report(num_channels=1))
     assert parse_card_metadata(gray)["library_name"] == "transformers"
-    assert 'print(classifier(Image.open("image.jpg").convert("L")))' in gray and "from PIL import Image" in gray
+    assert 'processor(Image.open("image.jpg").convert("L"), return_tensors="pt")' in gray
+    assert 'pipeline("image-classification"' not in gray
     gray = build_model_card(_report(num_channels=1, loadable_with_transformers=False))
     assert 'model.image_processor(Image.open("image.jpg").convert("L"), return_tensors="pt")' in gray
     rgb = build_model_card(_report(num_channels=3))
@@ -330,6 +331,36 @@ def test_model_card_variants(tmp_path):
 
     bare = parse_card_metadata(build_model_card(_report(metrics={}, plots=[])))
     assert "model-index" not in bare and bare["pipeline_tag"] == "image-classification"
+
+
+@pytest.mark.parametrize("num_channels", [1, 3])
+def test_card_snippet_runs_with_plain_transformers(tmp_path, num_channels):
+    """The card's "How to use" code, run as written in a process without hf_transfer_cnn on a saved model (the
+    repo id pointed at the folder): it prints the class the model predicts. For a gray model it is not pipeline(),
+    which converts images to RGB and fails on a 1-channel model."""
+    import os
+    import subprocess
+    import sys
+
+    path = make_checkpoint("resnet", tmp_path / "base", num_labels=2)
+    model = TransferModel.from_pretrained(path, id2label={0: "cat", 1: "dog"}, num_channels=num_channels,
+                                          image_size=32).eval()
+    model.save_pretrained(tmp_path / "out")
+    card = build_model_card(TransferReport.from_model(model, repo_id=str(tmp_path / "out")))
+    code = re.search(r"## How to use.*?```python\n(.*?)```", card, re.S).group(1)
+    assert ("pipeline(" in code) == (num_channels == 3)
+    Image.fromarray(torch.randint(0, 256, (40, 50, 3), generator=torch.Generator().manual_seed(1),
+                                  dtype=torch.uint8).numpy()).save(tmp_path / "image.jpg")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", "import sys; sys.modules['hf_transfer_cnn'] = None\n" + code],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    printed = res.stdout.strip().splitlines()[-1]
+    with torch.no_grad():
+        inputs = model.image_processor(Image.open(tmp_path / "image.jpg").convert("L" if num_channels == 1 else "RGB"),
+                                       return_tensors="pt")
+        expected = model.config.id2label[model(**inputs).logits.argmax(-1).item()]
+    assert (printed == expected) if num_channels == 1 else (f"'label': '{expected}'" in printed)
 
 
 def test_push_rejected_readme_and_offline_mode(fake_hub, tmp_path, monkeypatch):  # noqa: F811
