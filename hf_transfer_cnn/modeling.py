@@ -8,6 +8,7 @@ linear head — plain `AutoModelForImageClassification` all work on it unchanged
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Iterable
@@ -317,8 +318,12 @@ class TransferModel(nn.Module):
     # -- construction ------------------------------------------------------------------------------
 
     def __init__(self, config, *args, **kwargs):
-        super().__init__(config, *args, **kwargs)
         meta = dict(getattr(config, CONFIG_KEY, None) or {})
+        backbone = meta.pop("backbone_channels", None)
+        if backbone is not None:  # a saved adapter model: num_channels held the input channels (see save_pretrained)
+            config.num_channels = int(backbone)
+            config.update({CONFIG_KEY: meta})
+        super().__init__(config, *args, **kwargs)
         in_channels = meta.get("input_channels")
         if in_channels is not None:  # stems that can't absorb a channel change keep a 1×1 adapter
             self.input_adapter = nn.Conv2d(in_channels, config.num_channels, 1, bias=False)
@@ -731,14 +736,23 @@ class TransferModel(nn.Module):
             return
         native = self._native_class.__name__ if self._native_class else type(self).__name__
         self.config.architectures = [native]
+        config = self.config
+        if self._meta().get("input_channels") is not None:
+            # an input adapter (BiT): config.json states the input channels, so that plain transformers refuses the
+            # folder (its stem would not match the weights) instead of loading it without the adapter
+            config = copy.deepcopy(self.config)
+            config.num_channels = self._meta()["input_channels"]
+            config.update({CONFIG_KEY: {**self._meta(), "backbone_channels": self.config.num_channels}})
         from .hub import loadable_with_transformers
 
         if not loadable_with_transformers(self.config) and not self.__dict__.get("_told_not_plain"):
             self.__dict__["_told_not_plain"] = True  # once per model, not at every Trainer checkpoint
-            logger.warning("%s needs hf_transfer_cnn to load (TransferModel.from_pretrained): it has a custom head or "
-                           "an input adapter that plain transformers would leave out (a fresh classifier, no adapter: "
-                           "other predictions; its load report lists them as UNEXPECTED).", save_directory)
-        self.config.save_pretrained(save_directory)
+            why = ("its input adapter makes plain transformers refuse it (a stem size mismatch)"
+                   if self._meta().get("input_channels") is not None else
+                   "plain transformers would load it with a fresh linear classifier in place of its custom head "
+                   "(other predictions; its load report lists the head as UNEXPECTED)")
+            logger.warning("%s needs hf_transfer_cnn to load (TransferModel.from_pretrained): %s.", save_directory, why)
+        config.save_pretrained(save_directory)
         if self.image_processor is not None:
             self.image_processor.save_pretrained(save_directory)
         if push:

@@ -420,8 +420,25 @@ def test_saving_a_model_plain_transformers_cannot_rebuild_says_so_once(tiny_chec
 
     assert len(warnings_for(TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3,
                                                           head={"hidden_sizes": [8]}))) == 1
-    assert len(warnings_for(TransferModel.from_pretrained(tiny_checkpoints["bit"], num_channels=1))) == 1
+    bit = TransferModel.from_pretrained(tiny_checkpoints["bit"], num_channels=1).eval()
+    assert len(warnings_for(bit)) == 1
     assert not warnings_for(TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_channels=1))
+    # BiT's adapter: config.json states the input channels, so plain transformers refuses the folder (stem shape
+    # mismatch) instead of dropping the adapter; TransferModel reloads it bit for bit
+    with torch.no_grad():
+        bit.input_adapter.weight.mul_(1.7)  # a trained adapter
+    bit.save_pretrained(tmp_path / "bit")
+    saved = json.loads((tmp_path / "bit" / "config.json").read_text())
+    assert saved["num_channels"] == 1 and saved["hf_transfer_cnn"]["backbone_channels"] == 3
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        T.AutoModelForImageClassification.from_pretrained(tmp_path / "bit")
+    again = TransferModel.from_pretrained(tmp_path / "bit").eval()
+    assert again.config.num_channels == 3 and again.num_input_channels == 1
+    assert "backbone_channels" not in again.config.hf_transfer_cnn
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, bit(x).logits)
+        assert torch.equal(again.input_adapter.weight, bit.input_adapter.weight)
 
 
 def test_own_labels_keep_the_trained_head(tiny_checkpoints, tmp_path):
