@@ -43,7 +43,8 @@ class ModelArguments:
         "help": "gradual: optimizer step of the unfreeze (default: 30% of the training steps)."})
     unfreeze_at_epoch: float | None = field(default=None, metadata={"help": "gradual: unfreeze at this epoch instead."})
     schedule: str | None = field(default=None, metadata={
-        "help": "gradual: multi-phase schedule 'step:stages,...', e.g. '0:0,300:2,900:all' (overrides the above)."})
+        "help": "gradual: multi-phase schedule 'step:stages,...', e.g. '0:0,300:2,900:all' (instead of the above; "
+                "one given on the command line replaces the config file's)."})
     lr_factor: float = field(default=0.1, metadata={
         "help": "gradual: every learning rate is multiplied by this from the first unfreeze on."})
     stage_lr_decay: float | None = field(default=None, metadata={
@@ -63,8 +64,8 @@ class ModelArguments:
     evaluate_before_training: bool = field(default=True, metadata={
         "help": "Evaluate once before training (the 'before' column of the results)."})
     overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Start afresh in an output_dir that holds an earlier run's checkpoints (they are rotated away and its "
-                "outputs replaced). Without it such a run is refused: resume it (resume_from_checkpoint: last) or "
+        "help": "Start afresh in an output_dir that holds an earlier run's checkpoints (they are moved to an "
+                "overwritten-<time> folder in it, and its outputs replaced). Without it such a run is refused: resume it (resume_from_checkpoint: last) or "
                 "pick a new output_dir."})
     model_revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one / HF_TOKEN)."})
@@ -102,6 +103,8 @@ def parse_recipe_args(argv: list[str] | None = None):
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TransformArguments, TrainingArguments))
+    cli = {a[2:].split("=", 1)[0].replace("-", "_") for a in rest if a.startswith("--")}
+    cfg: dict = {}
     if known.config:
         cfg = _load_config_file(known.config)
         valid = {f.name for dc in parser.dataclass_types for f in fields(dc)}
@@ -109,6 +112,12 @@ def parse_recipe_args(argv: list[str] | None = None):
         if unknown:
             raise ValueError(f"Unknown argument(s) {unknown} in {known.config}. Valid names are the fields of "
                              "ModelArguments, DataArguments, TransformArguments and TrainingArguments.")
+        if cli & set(_TRIGGERS):  # an unfreeze trigger on the command line replaces the file's (they exclude)
+            for name in set(_TRIGGERS) - cli:
+                if cfg.get(name) is not None:
+                    logger.info("--%s on the command line replaces %s from %s.", sorted(cli & set(_TRIGGERS))[0],
+                                name, known.config)
+                    cfg[name] = None
         for action in parser._actions:
             if action.dest in cfg:
                 action.required = False
@@ -116,10 +125,48 @@ def parse_recipe_args(argv: list[str] | None = None):
     model_args, data_args, transform_args, training_args = parser.parse_args_into_dataclasses(args=rest)
     if model_args.strategy not in STRATEGIES:
         raise ValueError(f"strategy={model_args.strategy!r}; use one of {', '.join(STRATEGIES)}.")
+    _check_freeze_options(model_args, cli, {k for k, v in cfg.items() if v is not None}, known.config)
     if model_args.strategy == "feature_extraction" and model_args.stage_lr_decay is not None:
         raise ValueError("stage_lr_decay sets the learning rates of backbone stages, and feature_extraction trains "
                          "none; drop it, or use strategy fine_tuning, gradual or full.")
     return model_args, data_args, transform_args, training_args
+
+
+_TRIGGERS = ("unfreeze_at_step", "unfreeze_at_epoch", "schedule")
+_GRADUAL_ONLY = (*_TRIGGERS, "lr_factor")
+
+
+def _check_freeze_options(model_args: ModelArguments, cli: set[str], in_file: set[str], config: str | None) -> None:
+    """Options the chosen strategy would not use are an error when given on the command line, a logged warning
+    when they come from the config file (a shared recipe run with another --strategy); so are two triggers."""
+    s = model_args.strategy
+    given = cli | in_file
+    if s == "gradual":
+        triggers = [t for t in _TRIGGERS if getattr(model_args, t) is not None]
+        if len(triggers) > 1:
+            raise ValueError(f"strategy=gradual takes one of unfreeze_at_step, unfreeze_at_epoch, schedule; got "
+                             f"{', '.join(f'{t}={getattr(model_args, t)!r}' for t in triggers)}. Keep one.")
+        unused = ["num_stages"] if triggers == ["schedule"] and "num_stages" in given else []
+    else:
+        unused = [o for o in _GRADUAL_ONLY if o in given]
+        if s in ("feature_extraction", "full") and "num_stages" in given:
+            unused.append("num_stages")
+
+    def why(names: list[str]) -> str:
+        if s == "gradual":
+            return "schedule sets the stage counts"
+        them = "them" if len(names) > 1 else "it"
+        return f"strategy={s} does not use {them}" + (
+            "; unfreeze_at_step, unfreeze_at_epoch, schedule and lr_factor belong to strategy=gradual"
+            if set(names) & set(_GRADUAL_ONLY) else "")
+
+    on_cli = [o for o in unused if o in cli]
+    if on_cli:
+        them = "them" if len(on_cli) > 1 else "it"
+        raise ValueError(f"{', '.join('--' + o for o in on_cli)}: {why(on_cli)}. Drop {them}, or pick a strategy "
+                         f"that uses {them}.")
+    if unused:
+        logger.warning("Ignoring %s from %s: %s.", ", ".join(unused), config, why(unused))
 
 
 def _parse_schedule(text: str) -> list[tuple[int, int | str]]:
@@ -207,9 +254,21 @@ def _resume_point(training_args, overwrite: bool) -> str | None:
         raise ValueError(
             f"output_dir {out} already holds checkpoints of an earlier run (latest: {Path(last).name}). "
             f"Continue that run with --resume_from_checkpoint last, choose a new --output_dir, or pass "
-            f"--overwrite_output_dir true to start afresh there (its checkpoints will be rotated away).")
-    logger.warning("overwrite_output_dir: starting afresh in %s; the earlier run's checkpoints (latest %s) will be "
-                   "rotated away and its outputs replaced.", out, Path(last).name)
+            f"--overwrite_output_dir true to start afresh there (its checkpoints are then moved to an "
+            f"overwritten-<time> folder inside it).")
+    # Trainer would leave them (rotation only runs with save_total_limit, and keeps the highest steps), and
+    # `resume_from_checkpoint last` would later pick the old run's: move them aside, never delete them.
+    if training_args.process_index == 0:  # the other ranks wait in main_process_first, then find none
+        from datetime import datetime, timezone
+
+        aside = out / f"overwritten-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir()
+        moved = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
+        for name in moved:
+            (out / name).rename(aside / name)
+        logger.warning("overwrite_output_dir: starting afresh in %s; the earlier run's %d checkpoint(s) (latest %s) "
+                       "were moved to %s (delete it when no longer needed), its other outputs will be replaced.",
+                       out, len(moved), Path(last).name, aside)
     return None
 
 
@@ -227,7 +286,8 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     if training_args.remove_unused_columns:
         training_args.remove_unused_columns = False  # images are decoded on the fly from the raw column
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the finished folder ourselves
-    resume = _resume_point(training_args, model_args.overwrite_output_dir)
+    with training_args.main_process_first(desc="output_dir check"):  # rank 0 moves an overwritten run's checkpoints
+        resume = _resume_point(training_args, model_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
     expected = {i: n.strip() for i, n in enumerate(model_args.expected_label_names.split(","))} if model_args.expected_label_names else None

@@ -210,6 +210,13 @@ def test_rerun_never_loses_an_earlier_runs_checkpoint(tiny_checkpoints, color_fo
     fresh = run_finetune(*parse_recipe_args(base + ["--max_steps", "2", "--seed", "1", "--overwrite_output_dir",
                                                     "true"]))
     assert fresh["train_steps"] == 2 and losses("checkpoint-2")[1] != earlier[1]
+    # the earlier run's checkpoint is kept aside (not deleted, not left where `resume last` would pick it)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    aside = list(out.glob("overwritten-*/checkpoint-6"))
+    assert len(aside) == 1 and losses(f"{aside[0].parent.name}/checkpoint-6") == after
+    from transformers.trainer_utils import get_last_checkpoint
+
+    assert Path(get_last_checkpoint(str(out))).name == "checkpoint-2"
     with pytest.raises(ValueError, match="holds no checkpoint"):
         run_finetune(*parse_recipe_args(base + ["--output_dir", str(tmp_path / "new"), "--max_steps", "2",
                                                 "--resume_from_checkpoint", "last"]))
@@ -249,6 +256,36 @@ def test_full_strategy_applies_stage_lr_decay(tiny_checkpoints, color_folder, tm
     with pytest.raises(ValueError, match="feature_extraction trains none"):
         parse_recipe_args(base[:base.index("full")] + ["feature_extraction"] + base[base.index("full") + 1:]
                           + ["--output_dir", str(tmp_path / "fe"), "--stage_lr_decay", "0.5"])
+
+
+def test_unused_or_conflicting_unfreeze_options_are_not_silently_dropped(tmp_path, caplog):
+    """Two unfreeze triggers, or gradual-only options with another strategy, were dropped without a word. On the
+    command line they are an error; from the config file (a shared recipe run with another --strategy) a warning;
+    a trigger on the command line replaces the file's."""
+    import logging
+
+    quick = ["--config", QUICKSTART]  # gradual, num_stages 2, unfreeze_at_step 60, lr_factor 0.1
+    m = parse_recipe_args(quick + ["--unfreeze_at_epoch", "1"])[0]
+    assert (m.unfreeze_at_step, m.unfreeze_at_epoch) == (None, 1.0)  # the command line's trigger wins
+    m = parse_recipe_args(quick + ["--schedule", "0:0,5:2"])[0]
+    assert (m.unfreeze_at_step, m.schedule) == (None, "0:0,5:2")
+    with pytest.raises(ValueError, match="one of unfreeze_at_step, unfreeze_at_epoch, schedule.*unfreeze_at_step=5"):
+        parse_recipe_args(quick + ["--unfreeze_at_step", "5", "--unfreeze_at_epoch", "1"])
+    with pytest.raises(ValueError, match="--num_stages: schedule sets the stage counts"):
+        parse_recipe_args(quick + ["--schedule", "0:0,5:2", "--num_stages", "1"])
+    with pytest.raises(ValueError, match=r"--unfreeze_at_step, --lr_factor: strategy=fine_tuning does not use them"):
+        parse_recipe_args(quick + ["--strategy", "fine_tuning", "--unfreeze_at_step", "5", "--lr_factor", "0.5"])
+    with pytest.raises(ValueError, match="--num_stages: strategy=full does not use it"):
+        parse_recipe_args(quick + ["--strategy", "full", "--num_stages", "1"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.finetune"):
+        m = parse_recipe_args(quick + ["--strategy", "full"])[0]
+    assert m.strategy == "full"
+    assert any("Ignoring unfreeze_at_step, lr_factor, num_stages from" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.finetune"):
+        parse_recipe_args(quick)  # the recipe as shipped: nothing to say
+    assert not [r for r in caplog.records if "Ignoring" in r.getMessage()]
 
 
 def test_every_shipped_recipe_parses():
