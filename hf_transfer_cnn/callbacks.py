@@ -109,6 +109,7 @@ class FreezeScheduler(TrainerCallback):
         self._step = 0  # the optimizer step whose lr factor the scheduler's lambdas apply
         self._trainer_find_unused: tuple[bool, str] | None = None  # Trainer's DDP flag, read at on_init_end
         self._keep: set[str] = set()  # stages trainable later but not at step 0
+        self._varying: set[str] = set()  # stages trainable in only part of the schedule
 
     # -- library API (also used by plain Accelerate loops) -------------------------------------------------
 
@@ -126,6 +127,9 @@ class FreezeScheduler(TrainerCallback):
         self.steps = self._resolve_steps(None)
         later = set(names[len(names) - max(counts):]) - set(names[len(names) - counts[0]:] if counts[0] else [])
         self._keep = later
+        # stages trainable in some phase and frozen in another: no gradient at some steps (DDP must allow that)
+        self._varying = set(names[len(names) - max(counts):]) - set(names[len(names) - min(counts):] if min(counts)
+                                                                    else [])
         self._current = None
         self._apply(0, force=True)
         trained = units[len(units) - max(counts):] if max(counts) else []
@@ -156,7 +160,7 @@ class FreezeScheduler(TrainerCallback):
                      global_step=global_step)
 
     def _check_ddp_wrapper(self, model: nn.Module | None) -> None:
-        if not self._keep:
+        if not self._varying:
             return
         ddp, m = None, model
         while m is not None and ddp is None:
@@ -166,17 +170,17 @@ class FreezeScheduler(TrainerCallback):
         fix = ("build the Accelerator with kwargs_handlers=[accelerate.DistributedDataParallelKwargs("
                "find_unused_parameters=True)] (or pass find_unused_parameters=True to DistributedDataParallel)")
         if ddp is not None and not ddp.find_unused_parameters:
-            raise ValueError(f"FreezeScheduler keeps stages {sorted(self._keep)} registered with DDP for a later "
-                             "unfreeze; they get no gradient until then, and DDP with find_unused_parameters=False "
-                             f"fails on the second step. {fix[0].upper() + fix[1:]}.")
+            raise ValueError(f"FreezeScheduler trains stages {sorted(self._varying)} in only part of the schedule; "
+                             "they get no gradient at the other steps, and DDP with find_unused_parameters=False "
+                             f"fails there. {fix[0].upper() + fix[1:]}.")
         if ddp is None:  # no wrapper given (or the unwrapped model): warn where a distributed run could need it
             import torch.distributed as dist
 
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                logger.warning("FreezeScheduler: in a distributed run, stages %s get no gradient until they unfreeze, "
-                               "which DDP allows only with find_unused_parameters=True: %s. Pass attach(..., "
-                               "model=<the model accelerator.prepare returned>) to have this checked.",
-                               sorted(self._keep), fix)
+                logger.warning("FreezeScheduler: in a distributed run, stages %s get no gradient at some steps "
+                               "(they train in only part of the schedule), which DDP allows only with "
+                               "find_unused_parameters=True: %s. Pass attach(..., model=<the model accelerator.prepare "
+                               "returned>) to have this checked.", sorted(self._varying), fix)
 
     def _attach(self, optimizer, lr_scheduler, *, max_steps: int | None, steps_per_epoch: int | None,
                 global_step: int) -> None:
@@ -395,16 +399,16 @@ class FreezeScheduler(TrainerCallback):
         if self._trainer_find_unused is None:  # on_train_begin without on_init_end: read it now
             self._trainer_find_unused = _trainer_find_unused(args, model)
         find_unused, why = self._trainer_find_unused
-        if getattr(args, "world_size", 1) <= 1 or not self._keep or find_unused:
+        if getattr(args, "world_size", 1) <= 1 or not self._varying or find_unused:
             return
-        stages = sorted(self._keep)
+        stages = sorted(self._varying)
         if why == "explicit":
-            raise ValueError(f"FreezeScheduler runs stages {stages} without gradients until they unfreeze, which DDP "
-                             "only allows with find_unused_parameters; set ddp_find_unused_parameters=True (or leave "
-                             "it unset).")
+            raise ValueError(f"FreezeScheduler runs stages {stages} without gradients in part of the schedule, which "
+                             "DDP only allows with find_unused_parameters; set ddp_find_unused_parameters=True (or "
+                             "leave it unset).")
         raise ValueError(f"With activation checkpointing on, Trainer turns DDP's find_unused_parameters off, but "
-                         f"FreezeScheduler runs stages {stages} without gradients until they unfreeze, which needs "
-                         "it. Set ddp_find_unused_parameters=True (with non-reentrant checkpointing: "
+                         f"FreezeScheduler runs stages {stages} without gradients in part of the schedule, which "
+                         "needs it. Set ddp_find_unused_parameters=True (with non-reentrant checkpointing: "
                          "gradient_checkpointing_kwargs={'use_reentrant': False}), or turn checkpointing off.")
 
 

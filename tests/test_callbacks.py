@@ -506,6 +506,11 @@ def test_trainer_ddp_needs_find_unused_parameters_only_for_stages_kept_for_later
         init(type("A", (DdpArgs,), {"activation_checkpointing": True}), **gradual)
     init(type("A", (DdpArgs,), {"activation_checkpointing": True, "ddp_find_unused_parameters": True}), **gradual)
     init(type("A", (DdpArgs,), {"ddp_find_unused_parameters": False, "world_size": 1}), **gradual)  # no DDP
+    # a stage trained first and frozen again later gets no gradient from then on: the same check applies
+    with pytest.raises(ValueError, match=r"stages \['stage4'\] without gradients in part of the schedule"):
+        init(type("A", (DdpArgs,), {"ddp_find_unused_parameters": False}), schedule=[(0, 1), (3, 0)])
+    with pytest.raises(ValueError, match=r"stages \['stage3'\] without gradients"):
+        init(type("A", (DdpArgs,), {"ddp_find_unused_parameters": False}), schedule=[(0, 1), (3, 2), (6, 1)])
 
 
 def test_trainer_ddp_check_uses_the_flag_trainer_fixed_at_init(tiny_checkpoints):
