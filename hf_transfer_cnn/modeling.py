@@ -510,6 +510,8 @@ class TransferModel(nn.Module):
         self.config.num_labels = num_labels
         self.config.id2label = id2label
         self.config.label2id = label2id
+        if hasattr(self.config, "label_names"):  # TimmWrapperConfig saves these in place of id2label
+            self.config.label_names = [id2label[i] for i in range(num_labels)]
         self.config.problem_type = None  # re-inferred from the new labels (a stale one would pick the wrong loss)
         self.num_labels = num_labels
         self._set_meta(head=None if spec.is_native else spec.to_dict())

@@ -4,6 +4,8 @@ and LeNet-5 trained from scratch."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -328,6 +330,21 @@ def test_googlenet_gray_model_keeps_its_input_transform_after_reload(family_dirs
 
 
 # --- timm ---------------------------------------------------------------------------------------------------------------
+
+def test_timm_class_names_survive_save_and_keep_the_trained_head(family_dirs, tmp_path):
+    """TimmWrapperConfig saves `label_names`, not id2label: new class names must land there (the stale ones were
+    saved, plain transformers reloaded LABEL_i, and reloading with the same names replaced the trained head)."""
+    labels = {0: "cat", 1: "dog", 2: "bird"}
+    model = TransferModel.from_pretrained(_dir(family_dirs, "timm"), id2label=labels)
+    with torch.no_grad():
+        get_module(model, model.arch.head).weight.add_(0.5)  # "trained"
+    model.save_pretrained(tmp_path / "ft")
+    saved = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert saved["label_names"] == ["cat", "dog", "bird"] and saved["num_classes"] == 3
+    assert T.AutoConfig.from_pretrained(tmp_path / "ft").id2label == labels
+    again = TransferModel.from_pretrained(tmp_path / "ft", id2label=labels)
+    assert torch.equal(get_module(again, again.arch.head).weight, get_module(model, model.arch.head).weight)
+
 
 def test_timm_layouts_it_cannot_map_are_refused(tmp_path):
     """A ConvNeXt head normalises between pooling and classifier: refused with an error naming the model and why."""
