@@ -367,49 +367,56 @@ def build_model_card(report: TransferReport, output_dir: str | os.PathLike | Non
     lines.append("")
 
     # usage
-    ref = report.repo_id or f"path/to/{model_name}"
-    gray = report.num_channels == 1  # the processor expects mode "L" images: convert first
-    image = 'Image.open("image.jpg").convert("L")' if gray else 'Image.open("image.jpg")'
-    lines += ["## How to use", ""]
-    if report.loadable_with_transformers and gray:  # pipeline() converts every image to RGB: feed the processor
-        lines += [
-            "Plain transformers loads this model (hf-transfer-cnn is not needed). It takes 1-channel (grayscale) "
-            "images, and `pipeline()` converts every image to RGB, so call the processor on an `L` image:", "",
-            "```python", "import torch", "from PIL import Image",
-            "from transformers import AutoImageProcessor, AutoModelForImageClassification", "",
-            f'processor = AutoImageProcessor.from_pretrained("{ref}")',
-            f'model = AutoModelForImageClassification.from_pretrained("{ref}").eval()',
-            f'inputs = processor({image}, return_tensors="pt")',
-            "with torch.no_grad():",
-            "    predicted = model(**inputs).logits.argmax(-1).item()",
-            "print(model.config.id2label[predicted])", "```", "",
-            "With hf-transfer-cnn, `TransferModel.from_pretrained` loads it ready for further transfer learning "
-            "(stage freezing, a new head, other input sizes/channels).", "",
-        ]
-    elif report.loadable_with_transformers:
-        lines += [
-            "Plain transformers loads this model (hf-transfer-cnn is not needed):", "",
-            "```python", "from transformers import pipeline", "",
-            f'classifier = pipeline("image-classification", model="{ref}")',
-            'print(classifier("image.jpg"))', "```", "",
-            "With hf-transfer-cnn, `TransferModel.from_pretrained` loads it ready for further transfer learning "
-            "(stage freezing, a new head, other input sizes/channels).", "",
-        ]
-    else:
-        lines += [
-            "This model uses hf-transfer-cnn parts (a custom head, an input adapter or a non-transformers "
-            "architecture), so load it with the package (`pip install hf-transfer-cnn`):", "",
-            "```python", "import torch", "from PIL import Image", "from hf_transfer_cnn import TransferModel", "",
-            f'model = TransferModel.from_pretrained("{ref}").eval()',
-            f'inputs = model.image_processor({image}, return_tensors="pt")',
-            "with torch.no_grad():",
-            "    predicted = model(**inputs).logits.argmax(-1).item()",
-            "print(model.config.id2label[predicted])", "```", "",
-        ]
+    lines += ["## How to use", "", *_usage(report, report.repo_id or f"path/to/{model_name}")]
 
     text = f"---\n{front}---\n\n" + "\n".join(lines).rstrip() + "\n"
     _check_card(text, metadata)
     return text
+
+
+def _usage(report: TransferReport, ref: str) -> list[str]:
+    """The card's "How to use": pipeline() for RGB models plain transformers loads; the processor on an L image for
+    gray ones (pipeline() converts every image to RGB); a normalised tensor for other channel counts (no image
+    format has them); `TransferModel` where plain transformers cannot rebuild the model."""
+    channels = report.num_channels or 3
+    further = ["With hf-transfer-cnn, `TransferModel.from_pretrained` loads it ready for further transfer learning "
+               "(stage freezing, a new head, other input sizes/channels).", ""]
+    if report.loadable_with_transformers and channels == 3:
+        return ["Plain transformers loads this model (hf-transfer-cnn is not needed):", "",
+                "```python", "from transformers import pipeline", "",
+                f'classifier = pipeline("image-classification", model="{ref}")',
+                'print(classifier("image.jpg"))', "```", "", *further]
+    if report.loadable_with_transformers:
+        intro = ["Plain transformers loads this model (hf-transfer-cnn is not needed). It takes "
+                 + ("1-channel (grayscale) images, and `pipeline()` converts every image to RGB, so call the "
+                    "processor on an `L` image:" if channels == 1 else
+                    f"{channels}-channel input, which `pipeline()` and image files do not give: pass a normalised "
+                    "tensor:"), ""]
+        imports = ["from transformers import AutoImageProcessor, AutoModelForImageClassification"]
+        load = [f'processor = AutoImageProcessor.from_pretrained("{ref}")',
+                f'model = AutoModelForImageClassification.from_pretrained("{ref}").eval()']
+        tail = ["", *further]
+    else:
+        intro = ["This model uses hf-transfer-cnn parts (a custom head, an input adapter or a non-transformers "
+                 "architecture), so load it with the package (`pip install hf-transfer-cnn`):", ""]
+        imports = ["from hf_transfer_cnn import TransferModel"]
+        load = [f'model = TransferModel.from_pretrained("{ref}").eval()', "processor = model.image_processor"]
+        tail = [""]
+    if channels in (1, 3):
+        image = 'Image.open("image.jpg").convert("L")' if channels == 1 else 'Image.open("image.jpg")'
+        imports = ["import torch", "from PIL import Image", *imports]
+        inputs = [f'inputs = processor({image}, return_tensors="pt")']
+    else:
+        size = report.image_size or 224
+        imports = ["import torch", *imports]
+        inputs = [f"pixels = torch.rand(1, {channels}, {size}, {size})  # your image(s): {channels} channels, "
+                  "values in 0..1",
+                  "mean = torch.tensor(processor.image_mean)[:, None, None]",
+                  "std = torch.tensor(processor.image_std)[:, None, None]",
+                  "inputs = {\"pixel_values\": (pixels - mean) / std}"]
+    return [*intro, "```python", *imports, "", *load, *inputs, "with torch.no_grad():",
+            "    predicted = model(**inputs).logits.argmax(-1).item()",
+            "print(model.config.id2label[predicted])", "```", *tail]
 
 
 def parse_card_metadata(text: str) -> dict[str, Any]:

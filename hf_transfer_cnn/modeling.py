@@ -304,6 +304,12 @@ def _normalise_labels(num_labels, id2label, label2id):
     return num_labels, id2label, label2id
 
 
+def _in_transformers(model_type: str) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+
 class TransferModel(nn.Module):
     """Mixin (and factory) that turns a transformers vision classifier into a transfer-learning model.
 
@@ -322,6 +328,8 @@ class TransferModel(nn.Module):
         backbone = meta.pop("backbone_channels", None)
         if backbone is not None:  # a saved adapter model: num_channels held the input channels (see save_pretrained)
             config.num_channels = int(backbone)
+            if "backbone_model_args" in meta:  # timm: so did model_args' in_chans
+                config.model_args = meta.pop("backbone_model_args")
             config.update({CONFIG_KEY: meta})
         super().__init__(config, *args, **kwargs)
         in_channels = meta.get("input_channels")
@@ -714,6 +722,22 @@ class TransferModel(nn.Module):
 
     # -- saving ---------------------------------------------------------------------------------------------
 
+    def _tell_how_it_loads(self, save_directory) -> None:
+        """Log what a saved folder needs outside this package: a warning where plain transformers would give other
+        predictions, refuse, or need remote code."""
+        meta = self._meta()
+        if meta.get("head"):
+            logger.warning("%s needs hf_transfer_cnn to load (TransferModel.from_pretrained): plain transformers would "
+                           "load it with a fresh linear classifier in place of its custom head (other predictions; its "
+                           "load report lists the head as UNEXPECTED).", save_directory)
+        elif meta.get("input_channels") is not None:
+            logger.warning("%s needs hf_transfer_cnn to load (TransferModel.from_pretrained): its input adapter makes "
+                           "plain transformers refuse it (a stem size mismatch).", save_directory)
+        elif not _in_transformers(self.config.model_type):
+            logger.info("%s: without hf_transfer_cnn, load it with trust_remote_code=True (%s is defined in this "
+                        "package; its modeling file is saved beside the weights).", save_directory,
+                        self.config.model_type)
+
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True,
                         state_dict: dict | None = None, push_to_hub: bool = False, **kwargs) -> None:
         """Save weights and config under the native class name, plus the image processor.
@@ -744,16 +768,14 @@ class TransferModel(nn.Module):
             # folder (its stem would not match the weights) instead of loading it without the adapter
             config = copy.deepcopy(self.config)
             config.num_channels = self._meta()["input_channels"]
-            config.update({CONFIG_KEY: {**self._meta(), "backbone_channels": self.config.num_channels}})
-        from .hub import loadable_with_transformers
-
-        if not loadable_with_transformers(self.config) and not self.__dict__.get("_told_not_plain"):
-            self.__dict__["_told_not_plain"] = True  # once per model, not at every Trainer checkpoint
-            why = ("its input adapter makes plain transformers refuse it (a stem size mismatch)"
-                   if self._meta().get("input_channels") is not None else
-                   "plain transformers would load it with a fresh linear classifier in place of its custom head "
-                   "(other predictions; its load report lists the head as UNEXPECTED)")
-            logger.warning("%s needs hf_transfer_cnn to load (TransferModel.from_pretrained): %s.", save_directory, why)
+            refusal = {"backbone_channels": self.config.num_channels}
+            if config.model_type == "timm_wrapper":  # TimmWrapper reads model_args, not num_channels
+                refusal["backbone_model_args"] = self.config.model_args
+                config.model_args = {**(self.config.model_args or {}), "in_chans": config.num_channels}
+            config.update({CONFIG_KEY: {**self._meta(), **refusal}})
+        if not self.__dict__.get("_told_not_plain"):  # once per model, not at every Trainer checkpoint
+            self.__dict__["_told_not_plain"] = True
+            self._tell_how_it_loads(save_directory)
         config.save_pretrained(save_directory)
         if self.image_processor is not None:
             self.image_processor.save_pretrained(save_directory)

@@ -346,6 +346,32 @@ def test_timm_class_names_survive_save_and_keep_the_trained_head(family_dirs, tm
     assert torch.equal(get_module(again, again.arch.head).weight, get_module(model, model.arch.head).weight)
 
 
+def test_timm_input_adapter_folder_is_refused_by_plain_transformers(family_dirs, tmp_path, caplog):
+    """TimmWrapper ignores num_channels: the saved model_args carry in_chans, so plain transformers refuses the
+    folder (stem size mismatch) instead of running it without the trained adapter; TransferModel reloads it bit for
+    bit. A native-head family model saves without a warning (it loads with trust_remote_code)."""
+    import logging
+
+    model = TransferModel.from_pretrained(_dir(family_dirs, "timm"), num_channels=1).eval()
+    with torch.no_grad():
+        model.input_adapter.weight.mul_(1.7)
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.modeling"):
+        model.save_pretrained(tmp_path / "gray")
+    assert any("adapter makes plain transformers refuse it" in r.getMessage() for r in caplog.records)
+    assert json.loads((tmp_path / "gray" / "config.json").read_text())["model_args"] == {"in_chans": 1}
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        T.AutoModelForImageClassification.from_pretrained(tmp_path / "gray")
+    again = TransferModel.from_pretrained(tmp_path / "gray").eval()
+    assert again.config.model_args is None and again.num_input_channels == 1
+    x = torch.randn(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, model(x).logits)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.modeling"):
+        TransferModel.from_pretrained(_dir(family_dirs, "lenet5"), num_labels=4).save_pretrained(tmp_path / "lenet")
+    assert not [r for r in caplog.records if "needs hf_transfer_cnn" in r.getMessage()]
+
+
 def test_timm_layouts_it_cannot_map_are_refused(tmp_path):
     """A ConvNeXt head normalises between pooling and classifier: refused with an error naming the model and why."""
     from hf_transfer_cnn.families.timm_support import UnsupportedTimmModelError
