@@ -225,11 +225,13 @@ def default_image_processor(model_type: str, image_size: int = 224) -> Any:
         extra = {"include_top": False} if hasattr(cls, "include_top") else {}  # EfficientNet: no second /std
         proc = cls(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), **extra)
         return adapt_image_processor(proc, image_size=image_size)
-    from transformers import ConvNextImageProcessor
+    from transformers import MobileNetV2ImageProcessor
 
-    # torchvision's ImageNet recipe: resize to size/0.875, centre-crop to size.
-    return ConvNextImageProcessor(size={"shortest_edge": image_size}, crop_pct=0.875,
-                                  image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+    # torchvision's ImageNet recipe: resize to size/0.875, centre-crop to size (at every size: ConvNeXt's
+    # processor, which holds the same ratio as crop_pct, warps the whole image from 384 px on)
+    return MobileNetV2ImageProcessor(size={"shortest_edge": int(image_size / 0.875)},
+                                     crop_size={"height": image_size, "width": image_size},
+                                     image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
 
 
 # --- the model --------------------------------------------------------------------------------------

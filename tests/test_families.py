@@ -372,6 +372,28 @@ def test_timm_input_adapter_folder_is_refused_by_plain_transformers(family_dirs,
     assert not [r for r in caplog.records if "needs hf_transfer_cnn" in r.getMessage()]
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "tf_efficientnet_b5"])  # 224 px / 0.875, 456 px / 0.934
+def test_timm_processor_crops_like_timm_at_every_size(arch):
+    """The processor built from a timm checkpoint's data config resizes the shortest edge to size / crop_pct and
+    centre-crops, as timm's own eval transform does, also at 384 px and more (it used to warp the whole image):
+    on a smooth non-square image both agree up to resampling differences."""
+    timm = pytest.importorskip("timm")
+    import numpy as np
+    from PIL import Image
+
+    from hf_transfer_cnn.families.timm_support import timm_image_processor
+
+    yy, xx = np.mgrid[0:300, 0:500]
+    img = Image.fromarray(np.stack([127 + 120 * np.sin(xx / 40.0), 127 + 120 * np.cos(yy / 35.0),
+                                    127 + 120 * np.sin((xx + yy) / 50.0)], -1).astype("uint8"))
+    cfg = timm.create_model(arch, pretrained=False).pretrained_cfg
+    theirs = T.TimmWrapperImageProcessor(pretrained_cfg=cfg)
+    ours = timm_image_processor(theirs)
+    a, b = (p(img, return_tensors="pt")["pixel_values"] for p in (theirs, ours))
+    assert a.shape == b.shape == (1, 3, cfg["input_size"][-1], cfg["input_size"][-1])
+    assert (a - b).abs().mean().item() < 0.1  # a warped image is off by ~1 (in std units)
+
+
 def test_timm_layouts_it_cannot_map_are_refused(tmp_path):
     """A ConvNeXt head normalises between pooling and classifier: refused with an error naming the model and why."""
     from hf_transfer_cnn.families.timm_support import UnsupportedTimmModelError

@@ -95,7 +95,7 @@ class ArchInfo:
         if self.model_type == "lenet5":
             return ViTImageProcessor(size={"height": size, "width": size}, resample=Image.BILINEAR,
                                      image_mean=[0.5] * channels, image_std=[0.5] * channels)
-        if self.model_type == "mobilenet_v2":
+        if self.model_type == "mobilenet_v2" or size >= 384:  # resize + centre crop (ConvNeXt's warps at >= 384)
             proc = MobileNetV2ImageProcessor(size={"shortest_edge": int(size / 0.875)},
                                              crop_size={"height": size, "width": size}, resample=Image.BILINEAR,
                                              image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))

@@ -196,16 +196,19 @@ def timm_image_processor(processor):
     """A transformers image processor equivalent to a ``TimmWrapperImageProcessor``'s evaluation transform
     (resize to size / crop_pct, centre crop, timm's mean/std), which TransferModel can adapt to other channel
     counts and sizes. timm's non-centre crop modes are approximated by a centre crop."""
-    from transformers import ConvNextImageProcessor
+    import math
+
+    from transformers import MobileNetV2ImageProcessor
 
     dc = processor.data_config
     size = int(dc["input_size"][-1])
     crop_pct = float(dc.get("crop_pct") or 0.875)
-    if size >= 384:  # ConvNextImageProcessor warps (no crop) from 384 px on; crop_pct=1 keeps that honest
-        crop_pct = 1.0
-    return ConvNextImageProcessor(size={"shortest_edge": size}, crop_pct=crop_pct,
-                                  resample=_RESAMPLE.get(str(dc.get("interpolation")), 3),
-                                  image_mean=list(dc["mean"]), image_std=list(dc["std"]))
+    # shortest edge to floor(size / crop_pct), then a centre crop, as timm does at every size (ConvNeXt's
+    # processor would warp the whole image from 384 px on)
+    return MobileNetV2ImageProcessor(size={"shortest_edge": int(math.floor(size / crop_pct))},
+                                     crop_size={"height": size, "width": size},
+                                     resample=_RESAMPLE.get(str(dc.get("interpolation")), 3),
+                                     image_mean=list(dc["mean"]), image_std=list(dc["std"]))
 
 
 register_arch(ArchSpec(model_type=MODEL_TYPE, stem=(), stages=_ROOT, first_conv=_ROOT, resolver=timm_arch_spec,
