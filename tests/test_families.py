@@ -394,6 +394,27 @@ def test_timm_processor_crops_like_timm_at_every_size(arch):
     assert (a - b).abs().mean().item() < 0.1  # a warped image is off by ~1 (in std units)
 
 
+def test_timm_top_level_head_dropout_acts_on_pooled_features(tmp_path):
+    """DenseNet keeps global_pool, head_drop and classifier at the top: head_drop is the head's dropout (on pooled
+    features, as timm applies it), not part of the last stage's neck, so training-mode logits equal timm's."""
+    timm = pytest.importorskip("timm")
+    net = timm.create_model("densenet121", pretrained=False, num_classes=3, drop_rate=0.5)
+    native = T.TimmWrapperForImageClassification(T.TimmWrapperConfig(
+        architecture="densenet121", num_labels=3, pretrained_cfg=net.pretrained_cfg, model_args={"drop_rate": 0.5}))
+    native.timm_model.load_state_dict(net.state_dict())
+    native.save_pretrained(tmp_path / "densenet")
+    model = TransferModel.from_pretrained(tmp_path / "densenet", trainable_stages="all")
+    assert model.arch.head_dropout == "timm_model.head_drop" and model.arch.neck == ()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model.train()
+    native.train()
+    torch.manual_seed(0)
+    ours = model(pixel_values=x).logits
+    torch.manual_seed(0)
+    theirs = native(pixel_values=x).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
 def test_timm_layouts_it_cannot_map_are_refused(tmp_path):
     """A ConvNeXt head normalises between pooling and classifier: refused with an error naming the model and why."""
     from hf_transfer_cnn.families.timm_support import UnsupportedTimmModelError

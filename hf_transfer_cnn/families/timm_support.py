@@ -104,8 +104,17 @@ def timm_arch_spec(model: nn.Module) -> ArchSpec:
                  if n not in ("global_pool", "drop", leaf) and not isinstance(m, (nn.Identity, nn.Flatten, nn.Dropout))]
         if extra:
             raise refuse(f"its head {head_parent!r} applies {', '.join(extra)} between pooling and the classifier")
-    drop = getattr(owner, "drop", None) if head_parent else None
-    head_dropout = f"{_ROOT}.{head_parent}.drop" if isinstance(drop, nn.Dropout) else None
+    if head_parent:
+        drop = getattr(owner, "drop", None)
+        head_dropout = f"{_ROOT}.{head_parent}.drop" if isinstance(drop, nn.Dropout) else None
+        after_pool = []
+    else:  # pool, dropout and classifier at the top (DenseNet's head_drop): the dropout acts on pooled features
+        names = [n for n, _ in timm_model.named_children()]
+        after_pool = [n for n in names[names.index("global_pool") + 1:]
+                      if isinstance(getattr(timm_model, n), nn.Dropout)] if "global_pool" in names else []
+        head_dropout = f"{_ROOT}.{after_pool[0]}" if len(after_pool) == 1 else None
+        if len(after_pool) > 1:
+            raise refuse(f"it applies several dropouts after pooling ({', '.join(after_pool)})")
     if not isinstance(get_module(timm_model, classifier), nn.Linear):
         raise refuse(f"its classifier {classifier!r} is not a Linear layer")
     if not isinstance(get_module(timm_model, first_conv), nn.Conv2d):
@@ -115,7 +124,7 @@ def timm_arch_spec(model: nn.Module) -> ArchSpec:
     if not features:
         raise refuse("it has no feature_info")
     feature_paths = [f for f, _ in features]
-    exclude = {head_parent} if head_parent else {"global_pool", classifier}
+    exclude = {head_parent} if head_parent else {"global_pool", classifier, *after_pool}
     pieces = _pieces(timm_model, exclude, feature_paths)
 
     # stem: leading pieces matched by timm's group_matcher (param-free pieces in between join it)
