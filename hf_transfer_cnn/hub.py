@@ -150,11 +150,11 @@ class TransferReport:
 
 def loadable_with_transformers(config: Any) -> bool:
     """True when plain transformers (no hf_transfer_cnn installed) can rebuild the model from its config."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+    from .modeling import _in_transformers
 
     config = getattr(config, "config", config)
     meta = dict(getattr(config, "hf_transfer_cnn", None) or {})
-    return (config.model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES and not meta.get("head")
+    return (_in_transformers(config.model_type) and not meta.get("head")
             and meta.get("input_channels") is None)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -285,7 +286,7 @@ def _normalise_labels(num_labels, id2label, label2id):
                 f"num_labels={num_labels} but id2label has {len(id2label)} entries; pass one of them, or make them agree."
             )
         num_labels = len(id2label)
-        repeated = sorted({v for v in id2label.values() if list(id2label.values()).count(v) > 1})
+        repeated = sorted(name for name, n in Counter(id2label.values()).items() if n > 1)
         if repeated:
             raise ValueError(f"id2label names {repeated} more than once; every class needs its own name "
                              "(label2id could not map back).")
