@@ -328,12 +328,9 @@ class TransferModel(nn.Module):
 
     def __init__(self, config, *args, **kwargs):
         meta = dict(getattr(config, CONFIG_KEY, None) or {})
-        backbone = meta.pop("backbone_channels", None)
-        if backbone is not None:  # a saved adapter model: num_channels held the input channels (see save_pretrained)
-            config.num_channels = int(backbone)
-            if "backbone_model_args" in meta:  # timm: so did model_args' in_chans
-                config.model_args = meta.pop("backbone_model_args")
-            config.update({CONFIG_KEY: meta})
+        backbone = meta.pop("backbone_config", None)
+        if backbone is not None:  # a saved adapter model: its config stated the input channels (see save_pretrained)
+            config.update({**backbone, CONFIG_KEY: meta})
         super().__init__(config, *args, **kwargs)
         in_channels = meta.get("input_channels")
         if in_channels is not None:  # stems that can't absorb a channel change keep a 1×1 adapter
@@ -474,8 +471,7 @@ class TransferModel(nn.Module):
         return int(meta["channels_dim"]) * (2 if pooling == "concat" else 1)
 
     def _probe_channels(self) -> int:
-        size = max(self.arch.min_size(self.config), int(self._meta().get("image_size") or 0),
-                   int(getattr(self.config, "image_size", 0) or 0) if self.config.model_type == "lenet5" else 0)
+        size = max(self.arch.min_size(self.config), int(self._meta().get("image_size") or 0))
         p = next(self.parameters())
         was_training = self.training
         self.eval()
@@ -770,12 +766,14 @@ class TransferModel(nn.Module):
             # an input adapter (BiT): config.json states the input channels, so that plain transformers refuses the
             # folder (its stem would not match the weights) instead of loading it without the adapter
             config = copy.deepcopy(self.config)
-            config.num_channels = self._meta()["input_channels"]
-            refusal = {"backbone_channels": self.config.num_channels}
-            if config.model_type == "timm_wrapper":  # TimmWrapper reads model_args, not num_channels
-                refusal["backbone_model_args"] = self.config.model_args
-                config.model_args = {**(self.config.model_args or {}), "in_chans": config.num_channels}
-            config.update({CONFIG_KEY: {**self._meta(), **refusal}})
+            backbone = {}
+            for key in self.arch.channels_keys:
+                attr, _, inner = key.partition(".")
+                backbone[attr] = getattr(self.config, attr, None)
+                value = {**(backbone[attr] or {}), inner: self._meta()["input_channels"]} if inner else \
+                    self._meta()["input_channels"]
+                setattr(config, attr, value)
+            config.update({CONFIG_KEY: {**self._meta(), "backbone_config": backbone}})
         if not self.__dict__.get("_told_not_plain"):  # once per model, not at every Trainer checkpoint
             self.__dict__["_told_not_plain"] = True
             self._tell_how_it_loads(save_directory)

@@ -59,6 +59,10 @@ class ArchSpec:
     """When the minimum depends on the config (LeNet-5: on C1's padding): config -> minimum, used instead."""
     standardized_stem: bool = False
     """The first conv standardises its own weights (BiT), so channel changes cannot be folded into it."""
+    channels_keys: tuple[str, ...] = ("num_channels",)
+    """Where a config states the input channels its native class builds the stem for: attributes, or
+    ``attr.key`` for a key inside a dict attribute (timm reads ``model_args.in_chans``). A folder saved with an input
+    adapter writes its input channels there, so that plain transformers refuses it rather than drop the adapter."""
     stage_paths: tuple[tuple[str, ...], ...] = ()
     """Explicit stage map: one tuple of module paths per stage, in forward order. When given it is used instead of
     `stages`/`grouping`, for models whose stages are not one ModuleList (torchvision's AlexNet/GoogLeNet, timm)."""

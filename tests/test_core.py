@@ -429,12 +429,12 @@ def test_saving_a_model_plain_transformers_cannot_rebuild_says_so_once(tiny_chec
         bit.input_adapter.weight.mul_(1.7)  # a trained adapter
     bit.save_pretrained(tmp_path / "bit")
     saved = json.loads((tmp_path / "bit" / "config.json").read_text())
-    assert saved["num_channels"] == 1 and saved["hf_transfer_cnn"]["backbone_channels"] == 3
+    assert saved["num_channels"] == 1 and saved["hf_transfer_cnn"]["backbone_config"] == {"num_channels": 3}
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         T.AutoModelForImageClassification.from_pretrained(tmp_path / "bit")
     again = TransferModel.from_pretrained(tmp_path / "bit").eval()
     assert again.config.num_channels == 3 and again.num_input_channels == 1
-    assert "backbone_channels" not in again.config.hf_transfer_cnn
+    assert "backbone_config" not in again.config.hf_transfer_cnn
     x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(again(x).logits, bit(x).logits)

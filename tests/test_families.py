@@ -358,7 +358,9 @@ def test_timm_input_adapter_folder_is_refused_by_plain_transformers(family_dirs,
     with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.modeling"):
         model.save_pretrained(tmp_path / "gray")
     assert any("adapter makes plain transformers refuse it" in r.getMessage() for r in caplog.records)
-    assert json.loads((tmp_path / "gray" / "config.json").read_text())["model_args"] == {"in_chans": 1}
+    saved = json.loads((tmp_path / "gray" / "config.json").read_text())
+    assert saved["model_args"] == {"in_chans": 1} and saved["num_channels"] == 1
+    assert saved["hf_transfer_cnn"]["backbone_config"] == {"num_channels": 3, "model_args": None}
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         T.AutoModelForImageClassification.from_pretrained(tmp_path / "gray")
     again = TransferModel.from_pretrained(tmp_path / "gray").eval()

@@ -30,6 +30,7 @@ __all__ = ["timm_arch_spec", "timm_image_processor", "UnsupportedTimmModelError"
 
 MODEL_TYPE = "timm_wrapper"
 _ROOT = "timm_model"
+_CHANNELS_KEYS = ("num_channels", "model_args.in_chans")  # TimmWrapper builds the stem from model_args
 
 
 class UnsupportedTimmModelError(ValueError):
@@ -159,7 +160,7 @@ def timm_arch_spec(model: nn.Module) -> ArchSpec:
         model_type=MODEL_TYPE, stem=tuple(p(s) for s, _ in stem), stages=_ROOT,
         stage_paths=tuple(tuple(p(s) for s in stage) for stage in stages), neck=tuple(p(s) for s in neck),
         first_conv=p(first_conv), pooler=p(pool), head_dropout=head_dropout, head=p(classifier),
-        min_image_size=max(32, max(r for _, r in features)), standardized_stem=True,
+        min_image_size=max(32, max(r for _, r in features)), standardized_stem=True, channels_keys=_CHANNELS_KEYS,
     )
     _check_chain(model, spec, refuse)
     if getattr(model.config, "num_channels", None) is None:
@@ -221,4 +222,4 @@ def timm_image_processor(processor):
 
 
 register_arch(ArchSpec(model_type=MODEL_TYPE, stem=(), stages=_ROOT, first_conv=_ROOT, resolver=timm_arch_spec,
-                       standardized_stem=True), overwrite=True)
+                       standardized_stem=True, channels_keys=_CHANNELS_KEYS), overwrite=True)
