@@ -686,6 +686,8 @@ class TransferModel(nn.Module):
         arch = self.arch
         if arch.head_dropout:
             pooled = get_module(self, arch.head_dropout)(pooled)
+        elif arch.head_dropout_rate:
+            pooled = nn.functional.dropout(pooled, arch.head_dropout_rate, self.training)
         return get_module(self, arch.head)(pooled)
 
     def forward(

@@ -48,6 +48,9 @@ class ArchSpec:
     """Modules applied to the pooled vector before the head; they belong to the last stage."""
     head_dropout: str | None = None
     """Dropout module applied before the classifier (part of the head)."""
+    head_dropout_rate: float = 0.0
+    """Dropout the model applies functionally before its classifier, when it has no such module (timm's
+    ``drop_rate`` in ResNet/EfficientNet): applied as `head_dropout` would be."""
     head: str = "classifier"
     """The classifier: the "DNN layers" a new task replaces."""
     head_style: Literal["linear", "flatten_linear", "mlp"] = "linear"

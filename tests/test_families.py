@@ -417,6 +417,40 @@ def test_timm_top_level_head_dropout_acts_on_pooled_features(tmp_path):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet"])
+def test_timm_functional_head_dropout_is_applied(arch, tmp_path):
+    """ResNet and EfficientNet apply `drop_rate` with F.dropout before the classifier (no module): TransferModel applies
+    it too, so training-mode logits equal timm's; a new head keeps it; eval is deterministic."""
+    timm = pytest.importorskip("timm")
+    net = timm.create_model(arch, pretrained=False, num_classes=3, drop_rate=0.5)
+    native = T.TimmWrapperForImageClassification(T.TimmWrapperConfig(
+        architecture=arch, num_labels=3, pretrained_cfg=net.pretrained_cfg, model_args={"drop_rate": 0.5}))
+    native.timm_model.load_state_dict(net.state_dict())
+    native.save_pretrained(tmp_path / arch)
+    model = TransferModel.from_pretrained(tmp_path / arch, trainable_stages="all")
+    assert model.arch.head_dropout is None and model.arch.head_dropout_rate == 0.5
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model.train()
+    native.train()
+    torch.manual_seed(0)
+    ours = model(pixel_values=x).logits
+    torch.manual_seed(0)
+    theirs = native(pixel_values=x).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        assert not torch.allclose(ours, model.eval()(pixel_values=x).logits, atol=1e-3)  # dropout did act
+    new = TransferModel.from_pretrained(tmp_path / arch, num_labels=2).train()  # a new head, on cached features too
+    pooled = torch.ones(8, new._feature_dim())
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        runs.append(new(pooled_features=pooled).logits)
+    assert not torch.allclose(*runs)
+    with torch.no_grad():
+        new.eval()
+        assert torch.equal(new(pooled_features=pooled).logits, new(pooled_features=pooled).logits)
+
+
 def test_timm_layouts_it_cannot_map_are_refused(tmp_path):
     """A ConvNeXt head normalises between pooling and classifier: refused with an error naming the model and why."""
     from hf_transfer_cnn.families.timm_support import UnsupportedTimmModelError

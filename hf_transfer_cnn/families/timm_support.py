@@ -14,7 +14,8 @@ The derived chain is checked against timm's own ``forward_features`` + ``forward
 it does not reproduce (e.g. heads that normalise before pooling, ViTs) are refused with an error naming the model.
 Channel changes go through TransferModel's 1x1 input adapter (``standardized_stem``), because transformers rebuilds
 a timm model from its config with the original number of input channels.
-timm's functional head dropout (``drop_rate``) is not applied by TransferModel's forward.
+Head dropout is timm's: the ``ClassifierHead``'s or a top-level dropout module after pooling, else the functional
+``drop_rate`` of models that apply ``F.dropout`` before the classifier (ResNet, EfficientNet).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def timm_arch_spec(model: nn.Module) -> ArchSpec:
         head_dropout = f"{_ROOT}.{after_pool[0]}" if len(after_pool) == 1 else None
         if len(after_pool) > 1:
             raise refuse(f"it applies several dropouts after pooling ({', '.join(after_pool)})")
+    drop_rate = 0.0 if head_dropout else float(getattr(timm_model, "drop_rate", 0.0) or 0.0)
     if not isinstance(get_module(timm_model, classifier), nn.Linear):
         raise refuse(f"its classifier {classifier!r} is not a Linear layer")
     if not isinstance(get_module(timm_model, first_conv), nn.Conv2d):
@@ -159,7 +161,8 @@ def timm_arch_spec(model: nn.Module) -> ArchSpec:
     spec = ArchSpec(
         model_type=MODEL_TYPE, stem=tuple(p(s) for s, _ in stem), stages=_ROOT,
         stage_paths=tuple(tuple(p(s) for s in stage) for stage in stages), neck=tuple(p(s) for s in neck),
-        first_conv=p(first_conv), pooler=p(pool), head_dropout=head_dropout, head=p(classifier),
+        first_conv=p(first_conv), pooler=p(pool), head_dropout=head_dropout, head_dropout_rate=drop_rate,
+        head=p(classifier),
         min_image_size=max(32, max(r for _, r in features)), standardized_stem=True, channels_keys=_CHANNELS_KEYS,
     )
     _check_chain(model, spec, refuse)
