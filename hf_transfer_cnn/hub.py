@@ -39,12 +39,15 @@ logger = logging.getLogger(__name__)
 
 CARD_TAGS = ("hf-transfer-cnn", "image-classification", "transfer-learning")
 
-# Left out of a push: training checkpoints, TensorBoard runs, resume-only optimizer state, and Trainer's pickled
-# TrainingArguments (training_args.bin holds hub_token; the model card and all_results.json record the settings).
+# Left out of a push: training checkpoints (also an overwritten run's, moved aside by the recipe), TensorBoard runs,
+# resume-only optimizer state, and Trainer's pickled TrainingArguments (training_args.bin holds hub_token; the model
+# card and all_results.json record the settings).
 PUSH_IGNORE_PATTERNS = [
     "training_args.bin",
     "checkpoints/",
     "checkpoint-*/",
+    "*/checkpoint-*/",
+    "overwritten-*/",
     "runs/",
     ".ipynb_checkpoints/",
     "__pycache__/",
@@ -541,7 +544,7 @@ def push_output_dir(
     """Upload a finished output folder to the Hub model repo `repo_id` (created if needed); returns the commit URL.
 
     Uploads everything in the folder (weights, config.json, preprocessor_config.json, README.md, plots,
-    all_results.json, ...) except `PUSH_IGNORE_PATTERNS` (``checkpoint-*/``, ``checkpoints/``, ``runs/``,
+    all_results.json, ...) except `PUSH_IGNORE_PATTERNS` (``checkpoint-*/``, ``overwritten-*/``, ``checkpoints/``, ``runs/``,
     optimizer/scheduler state). The folder is only read. Files already on the Hub with the same content are
     skipped, so running the same call again after a failure finishes the upload.
 

@@ -52,6 +52,9 @@ def trained_output(tmp_path_factory):
     (out / "all_results.json").write_text(json.dumps({"eval_accuracy": 0.75, "eval_loss": 0.61}))
     (out / "checkpoint-10").mkdir()
     (out / "checkpoint-10" / "optimizer.pt").write_bytes(b"not for the hub")
+    aside = out / "overwritten-20261201-000000" / "checkpoint-4"  # an earlier run's, moved aside by the recipe
+    aside.mkdir(parents=True)
+    (aside / "model.safetensors").write_bytes(b"an earlier run's weights")
     (out / "runs").mkdir()
     (out / "runs" / "events.out.tfevents.1").write_bytes(b"tensorboard")
     report = TransferReport.from_model(
