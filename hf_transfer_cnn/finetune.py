@@ -207,9 +207,32 @@ def build_freeze_plan(model_args: ModelArguments, total_steps: int):
     if model_args.unfreeze_at_epoch is not None:
         return 0, FreezeScheduler(unfreeze_at_epoch=model_args.unfreeze_at_epoch, num_stages=model_args.stages(),
                                   lr_factor=model_args.lr_factor, stage_lr_decay=model_args.stage_lr_decay)
-    step = model_args.unfreeze_at_step if model_args.unfreeze_at_step is not None else max(1, round(0.3 * total_steps))
+    step = model_args.unfreeze_at_step if model_args.unfreeze_at_step is not None else _default_unfreeze_step(total_steps)
     return 0, FreezeScheduler(unfreeze_at_step=step, num_stages=model_args.stages(), lr_factor=model_args.lr_factor,
                               stage_lr_decay=model_args.stage_lr_decay)
+
+
+def _default_unfreeze_step(total_steps: int) -> int:
+    """`gradual` without a trigger unfreezes after 30 % of the run."""
+    return max(1, round(0.3 * total_steps))
+
+
+def _check_resumed_default_step(model_args: ModelArguments, resume: str | None, total_steps: int) -> None:
+    """The default unfreeze step follows the run's length: resuming with another length would move it, and refreeze
+    (or unfreeze early) stages of the run being continued. Refused, with the explicit step that keeps the schedule."""
+    if not resume or model_args.strategy != "gradual" or model_args.schedule or \
+            model_args.unfreeze_at_epoch is not None or model_args.unfreeze_at_step is not None:
+        return
+    state = Path(resume) / "trainer_state.json"
+    before = json.loads(state.read_text()).get("max_steps") if state.is_file() else None
+    if not before or _default_unfreeze_step(int(before)) == _default_unfreeze_step(total_steps):
+        return
+    old, new = _default_unfreeze_step(int(before)), _default_unfreeze_step(total_steps)
+    raise ValueError(
+        f"Resuming {resume} for {total_steps} steps, but the run it continues was planned for {before}: the default "
+        f"unfreeze step (30 % of the run) would move from {old} to {new}, and the resumed run would not follow the "
+        f"schedule it was trained with. Pass --unfreeze_at_step {old} to keep it (or --unfreeze_at_step {new} to "
+        "change it knowingly).")
 
 
 def _dataset_title(data_args) -> str | None:
@@ -234,22 +257,56 @@ def _with_stats(processor, transform_args, num_channels: int):
     return type(processor).from_dict(d)
 
 
+def _checkpoint_step(path: Path) -> int | None:
+    name = path.name
+    return int(name[len("checkpoint-"):]) if name.startswith("checkpoint-") and name[len("checkpoint-"):].isdigit() \
+        else None
+
+
 def _resume_point(training_args, overwrite: bool) -> str | None:
     """The checkpoint to resume from. ``resume_from_checkpoint: last`` (or ``true``) means the newest one in
-    output_dir. Starting fresh where an earlier run left checkpoints is refused unless `overwrite`: its first save
-    would rotate them away (save_total_limit) and its outputs would replace the earlier run's."""
+    output_dir. Checkpoints in output_dir that the run would overwrite or rotate away are never touched silently:
+    those of an earlier run when starting fresh, and, when resuming a given checkpoint, those after it (an
+    abandoned continuation, which `last` would later pick) or of another run. That is refused unless `overwrite`,
+    which moves them to an ``overwritten-<time>`` folder. A checkpoint without optimizer state (``save_only_model``)
+    is refused: Trainer would restart the LR schedule and the optimizer's moments without a word."""
     from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(training_args.output_dir)
     last = get_last_checkpoint(str(out)) if out.is_dir() else None
     wanted = training_args.resume_from_checkpoint
+    existing = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and _checkpoint_step(p) is not None),
+                      key=_checkpoint_step) if out.is_dir() else []
     if isinstance(wanted, str) and wanted.strip().lower() in ("last", "true"):
         if last is None:
             raise ValueError(f"resume_from_checkpoint={wanted!r}: {out} holds no checkpoint-* directory to resume. "
                              "Drop resume_from_checkpoint to start a new run, or point it at a checkpoint directory.")
+        _check_resumable(last)
         return last
-    if wanted or last is None:
-        return wanted or None
+    if wanted:
+        path = Path(wanted)
+        if not path.is_dir():
+            raise ValueError(f"resume_from_checkpoint={wanted!r} is not a directory. Point it at a checkpoint-* "
+                             f"directory, or use `last` for the newest one in {out}.")
+        _check_resumable(str(path))
+        ours = out.is_dir() and path.resolve().parent == out.resolve()
+        step = _checkpoint_step(path)
+        if step is None and (path / "trainer_state.json").is_file():
+            step = json.loads((path / "trainer_state.json").read_text()).get("global_step")
+        doomed = [p for p in existing if not ours or step is None or _checkpoint_step(p) > step]
+        if not doomed:
+            return wanted
+        if not overwrite:
+            why = f"after {path.name} (a continuation the resumed run would overwrite, and `resume last` pick)" \
+                if ours else f"of another run than {wanted}"
+            raise ValueError(
+                f"output_dir {out} holds checkpoints {why}: {', '.join(p.name for p in doomed)}. Resume the newest "
+                f"with --resume_from_checkpoint last, choose a new --output_dir, or pass --overwrite_output_dir true "
+                f"to move them to an overwritten-<time> folder inside it first.")
+        _move_aside(training_args, out, doomed)
+        return wanted
+    if last is None:
+        return None
     if not overwrite:
         raise ValueError(
             f"output_dir {out} already holds checkpoints of an earlier run (latest: {Path(last).name}). "
@@ -258,18 +315,32 @@ def _resume_point(training_args, overwrite: bool) -> str | None:
             f"overwritten-<time> folder inside it).")
     # Trainer would leave them (rotation only runs with save_total_limit, and keeps the highest steps), and
     # `resume_from_checkpoint last` would later pick the old run's: move them aside, never delete them.
-    if training_args.process_index == 0:  # the other ranks wait in main_process_first, then find none
-        from datetime import datetime, timezone
-
-        aside = out / f"overwritten-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
-        aside.mkdir()
-        moved = sorted(p.name for p in out.glob("checkpoint-*") if p.is_dir())
-        for name in moved:
-            (out / name).rename(aside / name)
-        logger.warning("overwrite_output_dir: starting afresh in %s; the earlier run's %d checkpoint(s) (latest %s) "
-                       "were moved to %s (delete it when no longer needed), its other outputs will be replaced.",
-                       out, len(moved), Path(last).name, aside)
+    _move_aside(training_args, out, existing)
     return None
+
+
+def _move_aside(training_args, out: Path, checkpoints: list[Path]) -> None:
+    if training_args.process_index != 0 or not checkpoints:  # the other ranks wait in main_process_first
+        return
+    from datetime import datetime, timezone
+
+    aside = out / f"overwritten-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(exist_ok=True)
+    for p in checkpoints:
+        p.rename(aside / p.name)
+    logger.warning("overwrite_output_dir: %d checkpoint(s) in %s (%s) were moved to %s (delete it when no longer "
+                   "needed); the run's other outputs will be replaced.", len(checkpoints), out,
+                   ", ".join(p.name for p in checkpoints), aside)
+
+
+def _check_resumable(checkpoint: str) -> None:
+    path = Path(checkpoint)
+    if not any(path.glob("optimizer*")) and not any(path.glob("global_step*")):
+        raise ValueError(
+            f"{checkpoint} holds no optimizer state (saved with save_only_model=True?): resuming from it would "
+            "restart the learning-rate schedule and the optimizer's moments, so the run would not continue as it "
+            f"was. Resume from a full checkpoint, or start a new run from its weights with --model_name_or_path "
+            f"{checkpoint}.")
 
 
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform_args: TransformArguments,
@@ -297,6 +368,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         raise ValueError(f"expected_label_names {list(expected.values())} differ from the data's classes in id order "
                          f"{list(id2label.values())}; fix the names/order, or drop expected_label_names.")
     total = _total_steps(training_args, len(train_raw))
+    _check_resumed_default_step(model_args, resume, total)
     initial, scheduler = build_freeze_plan(model_args, total)
     model = TransferModel.from_pretrained(
         model_args.model_name_or_path, id2label=id2label, num_channels=model_args.num_channels,

@@ -222,6 +222,68 @@ def test_rerun_never_loses_an_earlier_runs_checkpoint(tiny_checkpoints, color_fo
                                                 "--resume_from_checkpoint", "last"]))
 
 
+def _fake_checkpoint(path: Path, step: int, max_steps: int = 10, optimizer: bool = True) -> Path:
+    path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(f"weights at {step}".encode())
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": max_steps}))
+    if optimizer:
+        (path / "optimizer.pt").write_bytes(b"adam moments")
+    return path
+
+
+def test_resuming_a_given_checkpoint_never_loses_other_checkpoints(tmp_path):
+    """Resuming checkpoint-2 where checkpoint-4 exists (an abandoned continuation) would overwrite or rotate it, and
+    `resume last` would later pick it; resuming another run's checkpoint would do that to this folder's. Refused
+    (nothing changes) unless overwrite, which moves exactly those aside. A checkpoint without optimizer state
+    (save_only_model) is refused: Trainer would restart the LR schedule and Adam's moments silently."""
+    from types import SimpleNamespace
+
+    from hf_transfer_cnn.finetune import _resume_point
+
+    out = tmp_path / "run"
+    two, four = _fake_checkpoint(out / "checkpoint-2", 2), _fake_checkpoint(out / "checkpoint-4", 4)
+    other = _fake_checkpoint(tmp_path / "other" / "checkpoint-3", 3)
+    args = lambda wanted: SimpleNamespace(output_dir=str(out), resume_from_checkpoint=wanted, process_index=0)  # noqa: E731
+    before = _digest(out)
+    with pytest.raises(ValueError, match=r"after checkpoint-2 .*: checkpoint-4\. Resume the newest"):
+        _resume_point(args(str(two)), False)
+    with pytest.raises(ValueError, match=r"of another run than .*checkpoint-3: checkpoint-2, checkpoint-4"):
+        _resume_point(args(str(other)), False)
+    assert _digest(out) == before
+    assert _resume_point(args(str(four)), False) == str(four)  # the newest: nothing after it
+    assert _resume_point(args("last"), False) == str(four)
+    assert _resume_point(args(str(two)), True) == str(two)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    aside = list(out.glob("overwritten-*/checkpoint-4"))
+    assert len(aside) == 1 and (aside[0] / "model.safetensors").read_bytes() == b"weights at 4"
+
+    light = _fake_checkpoint(tmp_path / "light" / "checkpoint-6", 6, optimizer=False)
+    with pytest.raises(ValueError, match=r"holds no optimizer state .*--model_name_or_path .*checkpoint-6"):
+        _resume_point(SimpleNamespace(output_dir=str(tmp_path / "light"), resume_from_checkpoint="last",
+                                      process_index=0), False)
+    with pytest.raises(ValueError, match="holds no optimizer state"):
+        _resume_point(SimpleNamespace(output_dir=str(tmp_path / "new"), resume_from_checkpoint=str(light),
+                                      process_index=0), False)
+    with pytest.raises(ValueError, match="is not a directory"):
+        _resume_point(args(str(out / "checkpoint-9")), False)
+
+
+def test_resuming_with_another_length_keeps_the_default_unfreeze_step_or_says_so(tmp_path):
+    """gradual without a trigger unfreezes at 30 % of the run; resuming a 10-step run for 20 steps would move that
+    step from 3 to 6 and refreeze stages trained since step 3. Refused with the explicit step that keeps it."""
+    from hf_transfer_cnn.finetune import ModelArguments, _check_resumed_default_step
+
+    ckpt = str(_fake_checkpoint(tmp_path / "checkpoint-5", 5, max_steps=10))
+    gradual = ModelArguments(model_name_or_path="x", strategy="gradual")
+    with pytest.raises(ValueError, match=r"would move from 3 to 6.*--unfreeze_at_step 3 to keep it"):
+        _check_resumed_default_step(gradual, ckpt, 20)
+    _check_resumed_default_step(gradual, ckpt, 10)  # same length
+    _check_resumed_default_step(gradual, ckpt, 11)  # same default step (round(3.3) == 3)
+    _check_resumed_default_step(ModelArguments(model_name_or_path="x", strategy="gradual", unfreeze_at_step=3), ckpt, 20)
+    _check_resumed_default_step(ModelArguments(model_name_or_path="x", strategy="full"), ckpt, 20)
+    _check_resumed_default_step(gradual, None, 20)  # a fresh run
+
+
 def test_full_strategy_applies_stage_lr_decay(tiny_checkpoints, color_folder, tmp_path):
     """strategy=full with stage_lr_decay: the head's update is unchanged, the top stage's is d times, the next d²
     times that of the same run without the decay (one SGD step from the same weights and batch), and the card says
