@@ -414,6 +414,12 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     results["train_wall_time_s"] = round(time.time() - t0, 2)
     results["world_size"] = training_args.world_size
     results["train_steps"] = trainer.state.global_step
+    # load_best_model_at_end: the saved weights are those of the best checkpoint, trained only up to its step
+    best = trainer.state.best_global_step if training_args.load_best_model_at_end and \
+        trainer.state.best_model_checkpoint else None
+    weights_step = best or trainer.state.global_step
+    if best:
+        results["best_model_step"] = best
 
     if not trainer.is_world_process_zero():
         return results
@@ -421,12 +427,11 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     names = [id2label[i] for i in range(len(id2label))]
     stage_names = model.stage_names
     if scheduler is not None:
-        counts = scheduler.phases_until(trainer.state.global_step)
+        counts, marks = scheduler.phases_until(weights_step), scheduler.phases_until(trainer.state.global_step)[1:]
     else:
-        counts = [(0, len(stage_names) if initial == "all" else int(initial))]
+        counts, marks = [(0, len(stage_names) if initial == "all" else int(initial))], []
     phases = [(step, stage_names[len(stage_names) - n:] if n else []) for step, n in counts]
-    plots = [plot_training_curves(trainer.state.log_history, out / "training_curves.png",
-                                  marks=[(step, n) for step, n in counts[1:]])]
+    plots = [plot_training_curves(trainer.state.log_history, out / "training_curves.png", marks=marks)]
     per_class: dict[str, float] = {}
     support: dict[str, int] = {}
     if pred is not None:
@@ -456,7 +461,10 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         metrics={k: results[k] for k in ("eval_accuracy", "eval_top5_accuracy", "eval_macro_f1", "eval_loss")
                  if k in results},
         per_class_accuracy=per_class, per_class_support=support,
-        plots=[Path(p).name for p in plots], repo_id=training_args.hub_model_id)
+        plots=[Path(p).name for p in plots], repo_id=training_args.hub_model_id,
+        notes=[f"**Weights:** the best checkpoint by `{training_args.metric_for_best_model}`, step {best} of "
+               f"{trainer.state.global_step} (`load_best_model_at_end`); the schedule below is the one it was trained "
+               "with, the metrics are its own"] if best else [])
     write_model_card(report, out)
     if push:
         repo = training_args.hub_model_id or out.name

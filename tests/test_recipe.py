@@ -284,6 +284,31 @@ def test_resuming_with_another_length_keeps_the_default_unfreeze_step_or_says_so
     _check_resumed_default_step(gradual, None, 20)  # a fresh run
 
 
+def test_best_model_card_describes_the_weights_it_ships(tiny_checkpoints, color_folder, tmp_path):
+    """load_best_model_at_end ships the best checkpoint's weights: results and card give its step, and the
+    freezing schedule is the one those weights were trained with (not the whole run's)."""
+    out = tmp_path / "best"
+    # the highest eval loss is the "best": an early checkpoint, before the unfreeze at step 3
+    results = run_finetune(*parse_recipe_args([
+        "--model_name_or_path", tiny_checkpoints["resnet"], "--train_dir", str(color_folder / "train"),
+        "--validation_dir", str(color_folder / "validation"), "--output_dir", str(out), "--use_cpu", "--report_to",
+        "none", "--image_size", "32", "--per_device_train_batch_size", "8", "--strategy", "gradual",
+        "--unfreeze_at_step", "3", "--max_steps", "6", "--learning_rate", "0.05", "--eval_strategy", "steps",
+        "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1", "--load_best_model_at_end", "true",
+        "--metric_for_best_model", "loss", "--greater_is_better", "true", "--evaluate_before_training", "false"]))
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    best = state["best_global_step"]
+    assert results["best_model_step"] == best and results["train_steps"] == 6
+    assert best < 3, "the setup should pick a checkpoint from before the unfreeze"
+    assert [step for step, _ in results["phases"]] == [0]  # the shipped weights never saw the unfreeze
+    card = (out / "README.md").read_text()
+    assert f"the best checkpoint by `loss`, step {best} of 6" in card
+    assert "| 3 |" not in card  # no unfreeze row in the card's schedule table
+    shipped = TransferModel.from_pretrained(out)
+    at_best = TransferModel.from_pretrained(out / f"checkpoint-{best}")
+    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), at_best.state_dict().values()))
+
+
 def test_full_strategy_applies_stage_lr_decay(tiny_checkpoints, color_folder, tmp_path):
     """strategy=full with stage_lr_decay: the head's update is unchanged, the top stage's is d times, the next d²
     times that of the same run without the decay (one SGD step from the same weights and batch), and the card says
