@@ -403,6 +403,9 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     trainer = Trainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
                       data_collator=collator, compute_metrics=compute_metrics_fn,
                       callbacks=[scheduler] if scheduler is not None else None)
+    if scheduler is not None:  # annotate logs before the reporting integrations (TensorBoard, W&B, ...) send them
+        trainer.callback_handler.callbacks.remove(scheduler)
+        trainer.callback_handler.callbacks.insert(1, scheduler)  # after DefaultFlowCallback
     before = trainer.evaluate(metric_key_prefix="before") if eval_ds is not None and \
         model_args.evaluate_before_training else {}
     train_result = trainer.train(resume_from_checkpoint=resume)

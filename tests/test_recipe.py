@@ -309,6 +309,28 @@ def test_best_model_card_describes_the_weights_it_ships(tiny_checkpoints, color_
     assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), at_best.state_dict().values()))
 
 
+def test_reporting_integrations_see_the_schedulers_log_keys(tiny_checkpoints, color_folder, tmp_path, monkeypatch):
+    """Trainer puts TensorBoard/W&B-style reporters before user callbacks; the recipe moves FreezeScheduler ahead of
+    them, so what they send has trainable_stages / lr_factor (they had only Trainer's own keys)."""
+    import transformers.trainer
+    from transformers import TrainerCallback
+
+    sent = []
+
+    class Reporter(TrainerCallback):  # stands in for TensorBoardCallback: sends `logs` as they are at its on_log
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                sent.append(dict(logs))
+
+    monkeypatch.setattr(transformers.trainer, "get_reporting_integration_callbacks", lambda report_to: [Reporter])
+    run_finetune(*parse_recipe_args([
+        "--model_name_or_path", tiny_checkpoints["resnet"], "--train_dir", str(color_folder / "train"),
+        "--output_dir", str(tmp_path / "out"), "--use_cpu", "--report_to", "none", "--image_size", "32",
+        "--per_device_train_batch_size", "8", "--strategy", "gradual", "--unfreeze_at_step", "2", "--max_steps", "3",
+        "--logging_steps", "1", "--save_strategy", "no", "--evaluate_before_training", "false"]))
+    assert [(e["trainable_stages"], e["lr_factor"]) for e in sent] == [(0, 1.0), (0, 1.0), (2, 0.1)]
+
+
 def test_full_strategy_applies_stage_lr_decay(tiny_checkpoints, color_folder, tmp_path):
     """strategy=full with stage_lr_decay: the head's update is unchanged, the top stage's is d times, the next d²
     times that of the same run without the decay (one SGD step from the same weights and batch), and the card says
