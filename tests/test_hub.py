@@ -356,18 +356,23 @@ def test_card_snippet_runs_with_plain_transformers(tmp_path, num_channels):
     Image.fromarray(torch.randint(0, 256, (40, 50, 3), generator=torch.Generator().manual_seed(1),
                                   dtype=torch.uint8).numpy()).save(tmp_path / "image.jpg")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    res = subprocess.run([sys.executable, "-c", "import sys; sys.modules['hf_transfer_cnn'] = None\n" + code],
+    seeded = "import sys, torch; sys.modules['hf_transfer_cnn'] = None; torch.manual_seed(0)\n"  # 4 channels: torch.rand
+    res = subprocess.run([sys.executable, "-c", seeded + code],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     printed = res.stdout.strip().splitlines()[-1]
-    if num_channels == 4:  # random input in the snippet: any of the classes
-        assert printed in ("cat", "dog")
-        return
     with torch.no_grad():
-        inputs = model.image_processor(Image.open(tmp_path / "image.jpg").convert("L" if num_channels == 1 else "RGB"),
-                                       return_tensors="pt")
+        if num_channels == 4:  # the snippet's stand-in pixels, from the same seed, normalised as it says
+            torch.manual_seed(0)
+            pixels = torch.rand(1, 4, 32, 32)
+            mean, std = (torch.tensor(v)[:, None, None] for v in (model.image_processor.image_mean,
+                                                                   model.image_processor.image_std))
+            inputs = {"pixel_values": (pixels - mean) / std}
+        else:
+            inputs = model.image_processor(Image.open(tmp_path / "image.jpg").convert("L" if num_channels == 1 else
+                                                                                      "RGB"), return_tensors="pt")
         expected = model.config.id2label[model(**inputs).logits.argmax(-1).item()]
-    assert (printed == expected) if num_channels == 1 else (f"'label': '{expected}'" in printed)
+    assert (printed == expected) if num_channels != 3 else (f"'label': '{expected}'" in printed)
 
 
 def test_push_rejected_readme_and_offline_mode(fake_hub, tmp_path, monkeypatch):  # noqa: F811
