@@ -104,14 +104,14 @@ def cache_pooled_features(model, dataset, transform, *, image_column: str = "ima
     if state is None or state.trainable_stages != 0:
         raise ValueError("Feature caching needs the whole backbone frozen (trainable_stages=0); with trainable stages "
                          "the features change every step. Use strategy='feature_extraction'.")
-    from .data import ImageTransform, convert_image
+    from .data import ImageTransform, load_image
 
     if isinstance(transform, ImageTransform):
         apply = transform
-    else:  # a plain (torchvision) transform gets the decoded PIL image, in the model's input mode
+    else:  # a plain (torchvision) transform gets the decoded PIL image as stored (mode, bit depth, alpha kept)
 
         def apply(image):
-            return transform(convert_image(image, model.num_input_channels))
+            return transform(load_image(image))
 
     random_steps = _random_steps(transform)
     if not random_steps and len(dataset):  # any other callable: the same image must give the same tensor

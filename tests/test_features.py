@@ -117,3 +117,32 @@ def test_cache_key_follows_the_compute_config_not_the_labels(tiny_checkpoints, f
     with torch.no_grad():
         true = gelu_model.eval().pooled_features(torch.stack([eval_tf(im) for im in train_raw["image"]]))
     torch.testing.assert_close(cached[:]["pooled_features"], true, rtol=0, atol=1e-6)
+
+
+def test_plain_transform_gets_the_image_as_stored(tiny_checkpoints, tmp_path):
+    """A plain callable gets the decoded image as stored: 16-bit gray stays 16-bit (it had been cut to 8 bits and
+    converted to the model's mode first), and the cached features are those of its tensors."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "deep" / "train"
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for i in range(3):
+            arr = (np.arange(32 * 32, dtype=np.int64).reshape(32, 32) * (7 + 5 * i + 11 * c)) % 65536
+            Image.fromarray(arr.astype(np.uint16)).save(root / f"c{c}" / f"{i}.png")
+    train_raw, _, _ = load_image_classification_data(train_dir=str(root), train_val_split=0)
+    model = _model(tiny_checkpoints["resnet"])
+    modes = set()
+
+    def deep(img):  # the user's own decoding of 16-bit data
+        modes.add(img.mode)
+        return torch.from_numpy(np.asarray(img, dtype=np.float32) / 65535.0).expand(3, -1, -1).contiguous()
+
+    cached = cache_pooled_features(model, train_raw, deep, cache_dir=tmp_path / "c")
+    assert modes == {"I;16"} or modes == {"I"}, modes  # PIL opens 16-bit PNGs as I;16 (or I): never 8-bit L
+    from hf_transfer_cnn.data import load_image
+
+    with torch.no_grad():
+        true = model.eval().pooled_features(torch.stack([deep(load_image(c)) for c in train_raw["image"]]))
+    torch.testing.assert_close(cached[:]["pooled_features"], true, rtol=0, atol=1e-6)
