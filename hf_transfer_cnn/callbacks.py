@@ -16,15 +16,18 @@ How it stays correct:
   when fp16 skips a step, and which Accelerate advances ``num_processes`` times per step). A resumed
   run, and every DDP rank, computes exactly what the uninterrupted run did.
 * ``stage_lr_decay`` uses `StageLrMultipliers` (no new param groups, same optimizer layout on resume).
+* Every checkpoint records the resolved schedule (``freeze_schedule.json``), so a resume can check it continues it.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from torch import nn
 from transformers import TrainerCallback
@@ -35,7 +38,10 @@ from .optim import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FreezeScheduler"]
+__all__ = ["FreezeScheduler", "SCHEDULE_FILE"]
+
+SCHEDULE_FILE = "freeze_schedule.json"
+"""Written into each Trainer checkpoint: the schedule (phases, lr factor, stage LR decay) its weights follow."""
 
 Stages = int | str
 
@@ -341,6 +347,16 @@ class FreezeScheduler(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._apply(state.global_step)  # also sets the lr factor of the next update
+
+    def schedule_record(self) -> dict:
+        """The resolved schedule, as saved in checkpoints: ``phases`` [[first step, trainable stages], ...]."""
+        return {"phases": [[int(s), int(n)] for s, n in zip(self.steps, self.stages)], "lr_factor": self.lr_factor,
+                "stage_lr_decay": self.stage_lr_decay, "stage_names": [u.name for u in self._units or []]}
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # the one Trainer just wrote
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / SCHEDULE_FILE).write_text(json.dumps(self.schedule_record(), indent=2))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         """Annotate training logs with the phase of the optimizer step they describe."""

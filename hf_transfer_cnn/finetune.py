@@ -180,11 +180,16 @@ def _parse_schedule(text: str) -> list[tuple[int, int | str]]:
 
 
 def _total_steps(training_args, num_train: int) -> int:
+    """The optimizer steps Trainer will run (its `max_steps`): batches are split over the processes as Accelerate's
+    sharded loader does (the last, short batch kept unless `dataloader_drop_last`)."""
     if training_args.max_steps and training_args.max_steps > 0:
         return int(training_args.max_steps)
-    per_step = training_args.per_device_train_batch_size * max(training_args.world_size, 1) \
-        * training_args.gradient_accumulation_steps
-    return int(math.ceil(num_train / per_step) * training_args.num_train_epochs)
+    bs, world = training_args.per_device_train_batch_size, max(training_args.world_size, 1)
+    batches = num_train // (bs * world) if training_args.dataloader_drop_last else \
+        math.ceil(math.ceil(num_train / bs) / world)
+    gas = training_args.gradient_accumulation_steps
+    per_epoch = max(batches // gas + int(batches % gas > 0), 1)
+    return int(math.ceil(training_args.num_train_epochs * per_epoch))
 
 
 def build_freeze_plan(model_args: ModelArguments, total_steps: int):
@@ -217,11 +222,29 @@ def _default_unfreeze_step(total_steps: int) -> int:
     return max(1, round(0.3 * total_steps))
 
 
-def _check_resumed_default_step(model_args: ModelArguments, resume: str | None, total_steps: int) -> None:
-    """The default unfreeze step follows the run's length: resuming with another length would move it, and refreeze
-    (or unfreeze early) stages of the run being continued. Refused, with the explicit step that keeps the schedule."""
-    if not resume or model_args.strategy != "gradual" or model_args.schedule or \
-            model_args.unfreeze_at_epoch is not None or model_args.unfreeze_at_step is not None:
+def _keep_resumed_schedule(model_args: ModelArguments, resume: str | None, total_steps: int) -> None:
+    """A resumed `gradual` run keeps the unfreeze step its checkpoint was trained with (`SCHEDULE_FILE`). Without an
+    explicit trigger, the default (30 % of the run) would follow the new run length and could refreeze stages that
+    have trained; an explicit step that differs from the checkpoint's is a warning. A checkpoint without the record
+    falls back to comparing run lengths: a default step that would move is refused, with the step that keeps it."""
+    if not resume or model_args.strategy != "gradual" or model_args.schedule or model_args.unfreeze_at_epoch is not None:
+        return
+    from .callbacks import SCHEDULE_FILE
+
+    record = Path(resume) / SCHEDULE_FILE
+    if record.is_file():
+        phases = json.loads(record.read_text()).get("phases") or []
+        step = next((int(s) for s, n in phases if n > 0), None)
+        if step is None or len(phases) > 2:
+            return  # not a one-step gradual schedule: nothing to carry over
+        if model_args.unfreeze_at_step is None:
+            model_args.unfreeze_at_step = step
+            logger.info("Resuming %s: keeping its unfreeze step %d (from %s).", resume, step, SCHEDULE_FILE)
+        elif model_args.unfreeze_at_step != step:
+            logger.warning("Resuming %s with unfreeze_at_step=%d; the run it continues unfroze at step %d.", resume,
+                           model_args.unfreeze_at_step, step)
+        return
+    if model_args.unfreeze_at_step is not None:
         return
     state = Path(resume) / "trainer_state.json"
     before = json.loads(state.read_text()).get("max_steps") if state.is_file() else None
@@ -368,7 +391,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         raise ValueError(f"expected_label_names {list(expected.values())} differ from the data's classes in id order "
                          f"{list(id2label.values())}; fix the names/order, or drop expected_label_names.")
     total = _total_steps(training_args, len(train_raw))
-    _check_resumed_default_step(model_args, resume, total)
+    _keep_resumed_schedule(model_args, resume, total)
     initial, scheduler = build_freeze_plan(model_args, total)
     model = TransferModel.from_pretrained(
         model_args.model_name_or_path, id2label=id2label, num_channels=model_args.num_channels,

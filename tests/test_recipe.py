@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -284,19 +285,20 @@ def test_resuming_a_given_checkpoint_never_loses_other_checkpoints(tmp_path):
 
 
 def test_resuming_with_another_length_keeps_the_default_unfreeze_step_or_says_so(tmp_path):
-    """gradual without a trigger unfreezes at 30 % of the run; resuming a 10-step run for 20 steps would move that
-    step from 3 to 6 and refreeze stages trained since step 3. Refused with the explicit step that keeps it."""
-    from hf_transfer_cnn.finetune import ModelArguments, _check_resumed_default_step
+    """A checkpoint without the schedule record (FreezeScheduler's freeze_schedule.json): gradual without a trigger
+    unfreezes at 30 % of the run, and resuming a 10-step run for 20 steps would move that step from 3 to 6 and
+    refreeze stages trained since step 3. Refused with the explicit step that keeps it."""
+    from hf_transfer_cnn.finetune import ModelArguments, _keep_resumed_schedule
 
     ckpt = str(_fake_checkpoint(tmp_path / "checkpoint-5", 5, max_steps=10))
     gradual = ModelArguments(model_name_or_path="x", strategy="gradual")
     with pytest.raises(ValueError, match=r"would move from 3 to 6.*--unfreeze_at_step 3 to keep it"):
-        _check_resumed_default_step(gradual, ckpt, 20)
-    _check_resumed_default_step(gradual, ckpt, 10)  # same length
-    _check_resumed_default_step(gradual, ckpt, 11)  # same default step (round(3.3) == 3)
-    _check_resumed_default_step(ModelArguments(model_name_or_path="x", strategy="gradual", unfreeze_at_step=3), ckpt, 20)
-    _check_resumed_default_step(ModelArguments(model_name_or_path="x", strategy="full"), ckpt, 20)
-    _check_resumed_default_step(gradual, None, 20)  # a fresh run
+        _keep_resumed_schedule(gradual, ckpt, 20)
+    _keep_resumed_schedule(gradual, ckpt, 10)  # same length
+    _keep_resumed_schedule(gradual, ckpt, 11)  # same default step (round(3.3) == 3)
+    _keep_resumed_schedule(ModelArguments(model_name_or_path="x", strategy="gradual", unfreeze_at_step=3), ckpt, 20)
+    _keep_resumed_schedule(ModelArguments(model_name_or_path="x", strategy="full"), ckpt, 20)
+    _keep_resumed_schedule(gradual, None, 20)  # a fresh run
 
 
 def test_best_model_card_describes_the_weights_it_ships(tiny_checkpoints, color_folder, tmp_path):
@@ -344,6 +346,36 @@ def test_reporting_integrations_see_the_schedulers_log_keys(tiny_checkpoints, co
         "--per_device_train_batch_size", "8", "--strategy", "gradual", "--unfreeze_at_step", "2", "--max_steps", "3",
         "--logging_steps", "1", "--save_strategy", "no", "--evaluate_before_training", "false"]))
     assert [(e["trainable_stages"], e["lr_factor"]) for e in sent] == [(0, 1.0), (0, 1.0), (2, 0.1)]
+
+
+def test_resumed_gradual_run_keeps_its_unfreeze_step(tiny_checkpoints, color_folder, tmp_path):
+    """The recipe's step count is Trainer's (here: epochs with dataloader_drop_last), so the default unfreeze step is
+    30 % of the steps that run; each checkpoint records the schedule, and resuming it for a longer run keeps that
+    step (the default would otherwise move later and refreeze trained stages)."""
+    from hf_transfer_cnn.callbacks import SCHEDULE_FILE
+
+    out = tmp_path / "run"
+    base = ["--model_name_or_path", tiny_checkpoints["resnet"], "--train_dir", str(color_folder / "train"),
+            "--output_dir", str(out), "--use_cpu", "--report_to", "none", "--image_size", "32",
+            "--per_device_train_batch_size", "3", "--dataloader_drop_last", "true", "--strategy", "gradual",
+            "--save_strategy", "steps", "--save_steps", "5", "--evaluate_before_training", "false"]
+    first = run_finetune(*parse_recipe_args(base + ["--num_train_epochs", "2"]))
+    n = first["num_train_images"]
+    per_epoch = n // 3  # the short last batch is dropped
+    assert n % 3 and math.ceil(n / 3) * 2 != 2 * per_epoch  # the case the old estimate got wrong
+    state = json.loads((out / f"checkpoint-{2 * per_epoch}" / "trainer_state.json").read_text())
+    assert state["max_steps"] == first["train_steps"] == 2 * per_epoch
+    step = round(0.3 * 2 * per_epoch)
+    assert first["phases"] == [(0, []), (step, ["stage3", "stage4"])]
+    record = json.loads((out / "checkpoint-5" / SCHEDULE_FILE).read_text())
+    assert record["phases"] == [[0, 0], [step, 2]] and record["lr_factor"] == 0.1
+    assert record["stage_names"][-2:] == ["stage3", "stage4"]
+    assert round(0.3 * 4 * per_epoch) > step
+    longer = run_finetune(*parse_recipe_args(base + ["--num_train_epochs", "4", "--resume_from_checkpoint",
+                                                     str(out / "checkpoint-5"), "--overwrite_output_dir", "true"]))
+    assert longer["train_steps"] == 4 * per_epoch and longer["phases"] == [(0, []), (step, ["stage3", "stage4"])]
+    assert json.loads((out / f"checkpoint-{4 * per_epoch}" / SCHEDULE_FILE).read_text())["phases"] == [[0, 0],
+                                                                                                       [step, 2]]
 
 
 def test_full_strategy_applies_stage_lr_decay(tiny_checkpoints, color_folder, tmp_path):
