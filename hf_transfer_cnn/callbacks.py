@@ -404,9 +404,11 @@ class FreezeScheduler(TrainerCallback):
             raise ValueError("FreezeScheduler changes which parameters get gradients at its steps; DDP's static_graph "
                              "assumes they never change. Leave ddp_static_graph unset.")
         if getattr(args, "n_gpu", 1) > 1 and getattr(args, "parallel_mode", None) is not None and \
-                str(getattr(args.parallel_mode, "value", args.parallel_mode)) == "not_distributed":
-            raise ValueError("Several GPUs without a distributed launch means nn.DataParallel, which frozen stages do "
-                             "not support; launch with torchrun or accelerate launch (DDP), or use one GPU.")
+                str(getattr(args.parallel_mode, "value", args.parallel_mode)) == "not_distributed" and \
+                (self._keep or self._varying):  # fixed stages (fine_tuning, full + decay) run under it
+            raise ValueError("Several GPUs without a distributed launch means nn.DataParallel, whose per-step replicas "
+                             "FreezeScheduler cannot switch between frozen and trainable; launch with torchrun or "
+                             "accelerate launch (DDP), or use one GPU.")
 
     def _check_trainer_ddp(self, args, model) -> None:
         """Stages kept for a later unfreeze get no gradient until then: Trainer's DDP must find unused parameters.

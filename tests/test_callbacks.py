@@ -513,6 +513,19 @@ def test_trainer_ddp_needs_find_unused_parameters_only_for_stages_kept_for_later
         init(type("A", (DdpArgs,), {"ddp_find_unused_parameters": False}), schedule=[(0, 1), (3, 2), (6, 1)])
 
 
+def test_dataparallel_is_refused_only_when_stages_change(tiny_checkpoints):
+    """Several GPUs without a launcher (nn.DataParallel): a schedule that freezes or unfreezes stages during the run
+    is refused; fixed stages (fine_tuning's, full fine-tuning with stage_lr_decay) run, as plain freezing does."""
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    dp = type("A", (DdpArgs,), {"n_gpu": 2, "world_size": 1, "parallel_mode": "not_distributed"})
+    with pytest.raises(ValueError, match="nn.DataParallel"):
+        FreezeScheduler(unfreeze_at_step=2, num_stages=1).on_init_end(dp, None, None, model=model)
+    with pytest.raises(ValueError, match="nn.DataParallel"):
+        FreezeScheduler(schedule=[(0, 2), (3, 1)]).on_init_end(dp, None, None, model=model)  # stage3 refrozen
+    FreezeScheduler(schedule=[(0, 1)], stage_lr_decay=0.5).on_init_end(dp, None, None, model=model)
+    FreezeScheduler(schedule=[(0, "all")], stage_lr_decay=0.5).on_init_end(dp, None, None, model=model)
+
+
 def test_trainer_ddp_check_uses_the_flag_trainer_fixed_at_init(tiny_checkpoints):
     """Trainer picks DDP's find_unused_parameters when it is created. Checkpointing turned on in the model after
     that does not change it, so on_train_begin must not refuse; turned on before, it is refused at on_init_end."""
