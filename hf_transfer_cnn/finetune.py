@@ -126,9 +126,6 @@ def parse_recipe_args(argv: list[str] | None = None):
     if model_args.strategy not in STRATEGIES:
         raise ValueError(f"strategy={model_args.strategy!r}; use one of {', '.join(STRATEGIES)}.")
     _check_freeze_options(model_args, cli, {k for k, v in cfg.items() if v is not None}, known.config)
-    if model_args.strategy == "feature_extraction" and model_args.stage_lr_decay is not None:
-        raise ValueError("stage_lr_decay sets the learning rates of backbone stages, and feature_extraction trains "
-                         "none; drop it, or use strategy fine_tuning, gradual or full.")
     return model_args, data_args, transform_args, training_args
 
 
@@ -151,6 +148,8 @@ def _check_freeze_options(model_args: ModelArguments, cli: set[str], in_file: se
         unused = [o for o in _GRADUAL_ONLY if o in given]
         if s in ("feature_extraction", "full") and "num_stages" in given:
             unused.append("num_stages")
+        if s == "feature_extraction" and model_args.stage_lr_decay is not None:
+            unused.append("stage_lr_decay")
 
     def why(names: list[str]) -> str:
         if s == "gradual":
@@ -158,7 +157,9 @@ def _check_freeze_options(model_args: ModelArguments, cli: set[str], in_file: se
         them = "them" if len(names) > 1 else "it"
         return f"strategy={s} does not use {them}" + (
             "; unfreeze_at_step, unfreeze_at_epoch, schedule and lr_factor belong to strategy=gradual"
-            if set(names) & set(_GRADUAL_ONLY) else "")
+            if set(names) & set(_GRADUAL_ONLY) else "") + (
+            "; stage_lr_decay sets backbone stages' learning rates, and feature_extraction trains none"
+            if "stage_lr_decay" in names else "")
 
     on_cli = [o for o in unused if o in cli]
     if on_cli:
@@ -167,6 +168,8 @@ def _check_freeze_options(model_args: ModelArguments, cli: set[str], in_file: se
                          f"that uses {them}.")
     if unused:
         logger.warning("Ignoring %s from %s: %s.", ", ".join(unused), config, why(unused))
+        if "stage_lr_decay" in unused:  # dropped for this run, so that the card does not report it
+            model_args.stage_lr_decay = None
 
 
 def _parse_schedule(text: str) -> list[tuple[int, int | str]]:

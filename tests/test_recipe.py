@@ -442,6 +442,17 @@ def test_unused_or_conflicting_unfreeze_options_are_not_silently_dropped(tmp_pat
     with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.finetune"):
         parse_recipe_args(quick)  # the recipe as shipped: nothing to say
     assert not [r for r in caplog.records if "Ignoring" in r.getMessage()]
+    # stage_lr_decay from the file with feature_extraction: like the other unused options, a warning, and dropped
+    decaying = tmp_path / "decaying.yaml"
+    decaying.write_text(yaml.safe_dump({**yaml.safe_load(Path(QUICKSTART).read_text()), "stage_lr_decay": 0.5}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.finetune"):
+        m = parse_recipe_args(["--config", str(decaying), "--strategy", "feature_extraction"])[0]
+    assert m.stage_lr_decay is None
+    assert any("Ignoring unfreeze_at_step, lr_factor, num_stages, stage_lr_decay from" in r.getMessage()
+               and "feature_extraction trains none" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="--stage_lr_decay: strategy=feature_extraction does not use it"):
+        parse_recipe_args(quick + ["--strategy", "feature_extraction", "--stage_lr_decay", "0.5"])
 
 
 def test_every_shipped_recipe_parses():
