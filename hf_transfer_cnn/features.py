@@ -38,7 +38,8 @@ def _backbone_tensors(model) -> list[tuple[str, torch.Tensor]]:
 
 CACHE_FORMAT = 1  # bump when what is stored changes
 _LABEL_FIELDS = {"id2label", "label2id", "num_labels", "problem_type", "architectures", "transformers_version",
-                 "_name_or_path"}
+                 "_name_or_path", "label_names", "num_classes"}  # the last two: TimmWrapperConfig's labels
+_COMPUTE_META = ("input_channels",)  # of our metadata, what the backbone's forward depends on (the input adapter)
 
 
 def _compute_config(config) -> str:
@@ -48,8 +49,7 @@ def _compute_config(config) -> str:
     from .modeling import CONFIG_KEY
 
     meta = dict(d.pop(CONFIG_KEY, None) or {})
-    meta.pop("head", None)
-    d[CONFIG_KEY] = meta
+    d[CONFIG_KEY] = {k: meta[k] for k in _COMPUTE_META if meta.get(k) is not None}
     return json.dumps(d, sort_keys=True, default=str)
 
 

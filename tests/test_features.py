@@ -146,3 +146,28 @@ def test_plain_transform_gets_the_image_as_stored(tiny_checkpoints, tmp_path):
     with torch.no_grad():
         true = model.eval().pooled_features(torch.stack([deep(load_image(c)) for c in train_raw["image"]]))
     torch.testing.assert_close(cached[:]["pooled_features"], true, rtol=0, atol=1e-6)
+
+
+def test_cache_key_ignores_timm_label_fields(folder, tmp_path):
+    """TimmWrapperConfig keeps labels in label_names/num_classes too: new class names keep the cache entry; the
+    1x1 input adapter (a compute setting in our metadata) does not."""
+    import timm
+    import transformers as T
+
+    from hf_transfer_cnn.features import feature_cache_key
+
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=3)
+    native = T.TimmWrapperForImageClassification(T.TimmWrapperConfig(
+        architecture="test_resnet", num_labels=3, pretrained_cfg=net.pretrained_cfg))
+    native.timm_model.load_state_dict(net.state_dict())
+    native.save_pretrained(tmp_path / "timm")
+    train_raw, _, _ = load_image_classification_data(train_dir=folder, train_val_split=0)
+
+    def key(**kw):
+        model = TransferModel.from_pretrained(tmp_path / "timm", image_size=64, trainable_stages=0, **kw)
+        _, eval_tf = build_transforms(model.image_processor, model.num_input_channels, image_size=64, augment=False)
+        return feature_cache_key(model, eval_tf, train_raw)
+
+    a, b = key(id2label={0: "a", 1: "b", 2: "c"}), key(id2label={0: "x", 1: "y", 2: "z"})
+    assert a == b
+    assert key(id2label={0: "a", 1: "b", 2: "c"}, num_channels=1) != a
