@@ -44,9 +44,10 @@ CARD_TAGS = ("hf-transfer-cnn", "image-classification", "transfer-learning")
 # card and all_results.json record the settings).
 PUSH_IGNORE_PATTERNS = [
     "training_args.bin",
+    "*/training_args.bin",
     "checkpoints/",
     "checkpoint-*/",
-    "*/checkpoint-*/",
+    "*/checkpoint-[0-9]*/",
     "overwritten-*/",
     "runs/",
     ".ipynb_checkpoints/",

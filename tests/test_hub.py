@@ -55,6 +55,12 @@ def trained_output(tmp_path_factory):
     aside = out / "overwritten-20261201-000000" / "checkpoint-4"  # an earlier run's, moved aside by the recipe
     aside.mkdir(parents=True)
     (aside / "model.safetensors").write_bytes(b"an earlier run's weights")
+    (out / "final").mkdir()  # a user's copy of the run's files, with the pickled args (they hold hub_token)
+    (out / "final" / "training_args.bin").write_bytes(b"hub_token inside")
+    (out / "final" / "checkpoint-1").mkdir()
+    (out / "final" / "checkpoint-1" / "optimizer.pt").write_bytes(b"not for the hub")
+    (out / "plots" / "checkpoint-summary").mkdir(parents=True)  # not a Trainer checkpoint: uploaded
+    _png(out / "plots" / "checkpoint-summary" / "steps.png", (30, 200, 30))
     (out / "runs").mkdir()
     (out / "runs" / "events.out.tfevents.1").write_bytes(b"tensorboard")
     report = TransferReport.from_model(
@@ -70,7 +76,7 @@ def trained_output(tmp_path_factory):
 
 
 UPLOADED = {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "training_curves.png",
-            "confusion_matrix.png", "all_results.json"}
+            "confusion_matrix.png", "all_results.json", "plots/checkpoint-summary/steps.png"}
 
 
 # --- (a) push_output_dir, then load back through the same endpoint --------------------------------------
