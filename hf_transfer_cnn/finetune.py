@@ -289,13 +289,16 @@ def _checkpoint_step(path: Path) -> int | None:
         else None
 
 
-def _resume_point(training_args, overwrite: bool) -> str | None:
+def _resume_point(training_args, overwrite: bool) -> tuple[str | None, list[Path]]:
     """The checkpoint to resume from. ``resume_from_checkpoint: last`` (or ``true``) means the newest one in
     output_dir. Checkpoints in output_dir that the run would overwrite or rotate away are never touched silently:
     those of an earlier run when starting fresh, and, when resuming a given checkpoint, those after it (an
     abandoned continuation, which `last` would later pick) or of another run. That is refused unless `overwrite`,
     which moves them to an ``overwritten-<time>`` folder. A checkpoint without optimizer state (``save_only_model``)
-    is refused: Trainer would restart the LR schedule and the optimizer's moments without a word."""
+    is refused: Trainer would restart the LR schedule and the optimizer's moments without a word.
+
+    Returns the checkpoint (or None) and the checkpoints to move aside; `_move_aside` moves them once every other
+    check of the run has passed, so a refused run leaves the folder as it was."""
     from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(training_args.output_dir)
@@ -308,7 +311,7 @@ def _resume_point(training_args, overwrite: bool) -> str | None:
             raise ValueError(f"resume_from_checkpoint={wanted!r}: {out} holds no checkpoint-* directory to resume. "
                              "Drop resume_from_checkpoint to start a new run, or point it at a checkpoint directory.")
         _check_resumable(last)
-        return last
+        return last, []
     if wanted:
         path = Path(wanted)
         if not path.is_dir():
@@ -321,7 +324,7 @@ def _resume_point(training_args, overwrite: bool) -> str | None:
             step = json.loads((path / "trainer_state.json").read_text()).get("global_step")
         doomed = [p for p in existing if not ours or step is None or _checkpoint_step(p) > step]
         if not doomed:
-            return wanted
+            return wanted, []
         if not overwrite:
             why = f"after {path.name} (a continuation the resumed run would overwrite, and `resume last` pick)" \
                 if ours else f"of another run than {wanted}"
@@ -329,10 +332,9 @@ def _resume_point(training_args, overwrite: bool) -> str | None:
                 f"output_dir {out} holds checkpoints {why}: {', '.join(p.name for p in doomed)}. Resume the newest "
                 f"with --resume_from_checkpoint last, choose a new --output_dir, or pass --overwrite_output_dir true "
                 f"to move them to an overwritten-<time> folder inside it first.")
-        _move_aside(training_args, out, doomed)
-        return wanted
+        return wanted, doomed
     if last is None:
-        return None
+        return None, []
     if not overwrite:
         raise ValueError(
             f"output_dir {out} already holds checkpoints of an earlier run (latest: {Path(last).name}). "
@@ -341,13 +343,13 @@ def _resume_point(training_args, overwrite: bool) -> str | None:
             f"overwritten-<time> folder inside it).")
     # Trainer would leave them (rotation only runs with save_total_limit, and keeps the highest steps), and
     # `resume_from_checkpoint last` would later pick the old run's: move them aside, never delete them.
-    _move_aside(training_args, out, existing)
-    return None
+    return None, existing
 
 
-def _move_aside(training_args, out: Path, checkpoints: list[Path]) -> None:
+def _move_aside(training_args, checkpoints: list[Path]) -> None:
     if training_args.process_index != 0 or not checkpoints:  # the other ranks wait in main_process_first
         return
+    out = Path(training_args.output_dir)
     from datetime import datetime, timezone
 
     aside = out / f"overwritten-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
@@ -384,7 +386,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         training_args.remove_unused_columns = False  # images are decoded on the fly from the raw column
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the finished folder ourselves
     with training_args.main_process_first(desc="output_dir check"):  # rank 0 moves an overwritten run's checkpoints
-        resume = _resume_point(training_args, model_args.overwrite_output_dir)
+        resume, set_aside = _resume_point(training_args, model_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
     expected = {i: n.strip() for i, n in enumerate(model_args.expected_label_names.split(","))} if model_args.expected_label_names else None
@@ -434,6 +436,8 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         trainer.callback_handler.callbacks.insert(1, scheduler)  # after DefaultFlowCallback
     before = trainer.evaluate(metric_key_prefix="before") if eval_ds is not None and \
         model_args.evaluate_before_training else {}
+    with training_args.main_process_first(desc="output_dir"):  # every check passed: now the folder may change
+        _move_aside(training_args, set_aside)
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
     results: dict[str, Any] = {**train_result.metrics, **before}

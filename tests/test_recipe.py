@@ -217,6 +217,10 @@ def test_rerun_never_loses_an_earlier_runs_checkpoint(tiny_checkpoints, color_fo
     with pytest.raises(ValueError, match=r"already holds checkpoints .*checkpoint-4.*--resume_from_checkpoint last"):
         run_finetune(*parse_recipe_args(base + ["--max_steps", "6"]))
     assert _digest(out) == before  # refused before anything was written
+    with pytest.raises(ValueError, match="but 2 were expected"):  # overwrite, but a later check refuses the run
+        run_finetune(*parse_recipe_args(base + ["--max_steps", "6", "--overwrite_output_dir", "true",
+                                                "--expected_label_names", "a,b"]))
+    assert _digest(out) == before  # so the earlier run's checkpoints stay where `resume last` finds them
     # resumed: steps 1-4 are the earlier run's (a fresh run with seed 1 would have other losses), then 5 and 6
     resumed = run_finetune(*parse_recipe_args(base + ["--max_steps", "6", "--seed", "1", "--resume_from_checkpoint",
                                                       "last"]))
@@ -254,7 +258,7 @@ def test_resuming_a_given_checkpoint_never_loses_other_checkpoints(tmp_path):
     (save_only_model) is refused: Trainer would restart the LR schedule and Adam's moments silently."""
     from types import SimpleNamespace
 
-    from hf_transfer_cnn.finetune import _resume_point
+    from hf_transfer_cnn.finetune import _move_aside, _resume_point
 
     out = tmp_path / "run"
     two, four = _fake_checkpoint(out / "checkpoint-2", 2), _fake_checkpoint(out / "checkpoint-4", 4)
@@ -266,9 +270,11 @@ def test_resuming_a_given_checkpoint_never_loses_other_checkpoints(tmp_path):
     with pytest.raises(ValueError, match=r"of another run than .*checkpoint-3: checkpoint-2, checkpoint-4"):
         _resume_point(args(str(other)), False)
     assert _digest(out) == before
-    assert _resume_point(args(str(four)), False) == str(four)  # the newest: nothing after it
-    assert _resume_point(args("last"), False) == str(four)
-    assert _resume_point(args(str(two)), True) == str(two)
+    assert _resume_point(args(str(four)), False) == (str(four), [])  # the newest: nothing after it
+    assert _resume_point(args("last"), False) == (str(four), [])
+    resume, aside = _resume_point(args(str(two)), True)
+    assert (resume, aside) == (str(two), [four]) and _digest(out) == before  # moved only once the run starts
+    _move_aside(args(str(two)), aside)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     aside = list(out.glob("overwritten-*/checkpoint-4"))
     assert len(aside) == 1 and (aside[0] / "model.safetensors").read_bytes() == b"weights at 4"
