@@ -10,7 +10,7 @@ one entry here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 from torch import nn
@@ -37,6 +37,7 @@ class ArchSpec:
     """A ModuleList: each entry a stage (``grouping="modules"``) or a block (``grouping="stride"``)."""
     first_conv: str
     """The conv that sees the pixels (input-channel adaptation happens here)."""
+    _: KW_ONLY  # the rest by name, so that a new field never shifts a positional argument
     grouping: Literal["modules", "stride"] = "modules"
     """"stride": consecutive blocks are grouped into stages by output resolution; a block that
     downsamples starts a new stage."""

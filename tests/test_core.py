@@ -29,6 +29,16 @@ def _is_head(name: str) -> bool:
     return name.startswith(HEAD_PREFIXES)
 
 
+def test_arch_spec_facts_beyond_the_first_four_are_by_name():
+    """A field added to ArchSpec can never shift a third-party spec's positional arguments."""
+    from hf_transfer_cnn.registry import ArchSpec
+
+    spec = ArchSpec("m", ("stem",), "stages", "stem.conv", neck=("norm",))
+    assert (spec.model_type, spec.stages, spec.first_conv, spec.neck) == ("m", "stages", "stem.conv", ("norm",))
+    with pytest.raises(TypeError, match="positional"):
+        ArchSpec("m", ("stem",), "stages", "stem.conv", "stride")
+
+
 @pytest.mark.parametrize("model_type", NATIVE_TYPES)
 def test_registry_forward_matches_native(tiny_checkpoints, model_type):
     """The registry-driven forward is the native forward: same logits on the unmodified checkpoint."""
