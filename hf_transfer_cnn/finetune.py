@@ -385,7 +385,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     if training_args.remove_unused_columns:
         training_args.remove_unused_columns = False  # images are decoded on the fly from the raw column
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the finished folder ourselves
-    with training_args.main_process_first(desc="output_dir check"):  # rank 0 moves an overwritten run's checkpoints
+    with training_args.main_process_first(desc="output_dir check"):  # nothing changes there until training starts
         resume, set_aside = _resume_point(training_args, model_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
