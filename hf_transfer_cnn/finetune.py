@@ -251,9 +251,11 @@ def _keep_resumed_schedule(model_args: ModelArguments, resume: str | None, total
         return
     state = Path(resume) / "trainer_state.json"
     before = json.loads(state.read_text()).get("max_steps") if state.is_file() else None
-    if not before or _default_unfreeze_step(int(before)) == _default_unfreeze_step(total_steps):
+    if not before:
         return
     old, new = _default_unfreeze_step(int(before)), _default_unfreeze_step(total_steps)
+    if old == new:
+        return
     raise ValueError(
         f"Resuming {resume} for {total_steps} steps, but the run it continues was planned for {before}: the default "
         f"unfreeze step (30 % of the run) would move from {old} to {new}, and the resumed run would not follow the "

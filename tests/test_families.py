@@ -388,24 +388,31 @@ def test_timm_processor_crops_like_timm_at_every_size(arch):
     assert (a - b).abs().mean().item() < 0.1  # a warped image is off by ~1 (in std units)
 
 
-def test_timm_top_level_head_dropout_acts_on_pooled_features(tmp_path):
-    """DenseNet keeps global_pool, head_drop and classifier at the top: head_drop is the head's dropout (on pooled
-    features, as timm applies it), not part of the last stage's neck, so training-mode logits equal timm's."""
+def _timm_with_drop_rate(arch: str, path, x: torch.Tensor):
+    """A timm `arch` built with drop_rate=0.5, saved as a TimmWrapper checkpoint; (TransferModel of it, its
+    training-mode logits on `x`, timm's training-mode logits on `x` from the same seed)."""
     import timm  # a test extra (make test installs it): never skipped
-    net = timm.create_model("densenet121", pretrained=False, num_classes=3, drop_rate=0.5)
+
+    net = timm.create_model(arch, pretrained=False, num_classes=3, drop_rate=0.5)
     native = T.TimmWrapperForImageClassification(T.TimmWrapperConfig(
-        architecture="densenet121", num_labels=3, pretrained_cfg=net.pretrained_cfg, model_args={"drop_rate": 0.5}))
+        architecture=arch, num_labels=3, pretrained_cfg=net.pretrained_cfg, model_args={"drop_rate": 0.5}))
     native.timm_model.load_state_dict(net.state_dict())
-    native.save_pretrained(tmp_path / "densenet")
-    model = TransferModel.from_pretrained(tmp_path / "densenet", trainable_stages="all")
-    assert model.arch.head_dropout == "timm_model.head_drop" and model.arch.neck == ()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    native.save_pretrained(path)
+    model = TransferModel.from_pretrained(path, trainable_stages="all")
     model.train()
     native.train()
     torch.manual_seed(0)
     ours = model(pixel_values=x).logits
     torch.manual_seed(0)
-    theirs = native(pixel_values=x).logits
+    return model, ours, native(pixel_values=x).logits
+
+
+def test_timm_top_level_head_dropout_acts_on_pooled_features(tmp_path):
+    """DenseNet keeps global_pool, head_drop and classifier at the top: head_drop is the head's dropout (on pooled
+    features, as timm applies it), not part of the last stage's neck, so training-mode logits equal timm's."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model, ours, theirs = _timm_with_drop_rate("densenet121", tmp_path / "densenet", x)
+    assert model.arch.head_dropout == "timm_model.head_drop" and model.arch.neck == ()
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
@@ -413,21 +420,9 @@ def test_timm_top_level_head_dropout_acts_on_pooled_features(tmp_path):
 def test_timm_functional_head_dropout_is_applied(arch, tmp_path):
     """ResNet and EfficientNet apply `drop_rate` with F.dropout before the classifier (no module): TransferModel applies
     it too, so training-mode logits equal timm's; a new head keeps it; eval is deterministic."""
-    import timm  # a test extra (make test installs it): never skipped
-    net = timm.create_model(arch, pretrained=False, num_classes=3, drop_rate=0.5)
-    native = T.TimmWrapperForImageClassification(T.TimmWrapperConfig(
-        architecture=arch, num_labels=3, pretrained_cfg=net.pretrained_cfg, model_args={"drop_rate": 0.5}))
-    native.timm_model.load_state_dict(net.state_dict())
-    native.save_pretrained(tmp_path / arch)
-    model = TransferModel.from_pretrained(tmp_path / arch, trainable_stages="all")
-    assert model.arch.head_dropout is None and model.arch.head_dropout_rate == 0.5
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    model.train()
-    native.train()
-    torch.manual_seed(0)
-    ours = model(pixel_values=x).logits
-    torch.manual_seed(0)
-    theirs = native(pixel_values=x).logits
+    model, ours, theirs = _timm_with_drop_rate(arch, tmp_path / arch, x)
+    assert model.arch.head_dropout is None and model.arch.head_dropout_rate == 0.5
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
     with torch.no_grad():
         assert not torch.allclose(ours, model.eval()(pixel_values=x).logits, atol=1e-3)  # dropout did act
