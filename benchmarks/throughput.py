@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import MobileNetV2Config, MobileNetV2ForImageClassification  # noqa: E402
 
 from hf_transfer_cnn import TransferModel  # noqa: E402
-from hf_transfer_cnn.freezing import FastOptions  # noqa: E402
+from hf_transfer_cnn.fastpath import FastOptions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -35,7 +35,7 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .families import convert_torchvision
+    from .convert import convert_torchvision
 
     out = convert_torchvision(args.arch, args.weights, args.output, num_labels=args.num_labels,
                               transform_input=False if args.no_transform_input else None,
@@ -46,7 +46,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from .families import init_checkpoint
+    from .convert import init_checkpoint
 
     out = init_checkpoint(args.arch, args.output, num_labels=args.num_labels, num_channels=args.num_channels,
                           image_size=args.image_size, seed=args.seed, overwrite=args.overwrite,
@@ -65,14 +65,14 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def add_convert_command(subparsers) -> argparse.ArgumentParser:
-    from .families.archs import CONVERTIBLE_ARCHS
+    from .convert import convertible_archs
 
     p = subparsers.add_parser(
         "convert", help="convert torchvision weights (.pth) into a Hub-ready checkpoint directory",
         description="Convert a torchvision state dict into a checkpoint directory (config.json, model.safetensors, "
                     "preprocessor_config.json). ResNet and MobileNetV2 become transformers' own classes; the "
                     "conversion is checked against torchvision's logits before anything is written.")
-    p.add_argument("arch", metavar="ARCH", help=f"one of: {', '.join(CONVERTIBLE_ARCHS)}")
+    p.add_argument("arch", metavar="ARCH", help=f"one of: {', '.join(convertible_archs())}")
     p.add_argument("--weights", required=True, metavar="FILE", help="torchvision-format state dict (.pth)")
     p.add_argument("--output", required=True, metavar="DIR", help="checkpoint directory to write")
     p.add_argument("--num-labels", type=_positive_int, metavar="N",
@@ -87,13 +87,13 @@ def add_convert_command(subparsers) -> argparse.ArgumentParser:
 
 
 def add_init_command(subparsers) -> argparse.ArgumentParser:
-    from .families.archs import INIT_ARCHS
+    from .convert import init_archs
 
     p = subparsers.add_parser(
         "init", help="write a randomly initialised checkpoint of any supported architecture",
         description="Write a randomly initialised checkpoint directory (defaults: 1000 labels, 3 channels, 224 px; "
                     "lenet5: 10 labels, 1 channel, 32 px).")
-    p.add_argument("arch", metavar="ARCH", help=f"one of: {', '.join(INIT_ARCHS)}")
+    p.add_argument("arch", metavar="ARCH", help=f"one of: {', '.join(init_archs())}")
     p.add_argument("--output", required=True, metavar="DIR", help="checkpoint directory to write")
     p.add_argument("--num-labels", type=_positive_int, metavar="N")
     p.add_argument("--num-channels", type=_positive_int, metavar="C", help="input channels (1 = grayscale)")
@@ -121,7 +121,7 @@ def predict(model_name_or_path: str, images: Sequence[str], top_k: int = 5, **hu
     import torch
 
     from .data import build_transforms, load_image
-    from .modeling import TransferModel
+    from .model import TransferModel
 
     model = TransferModel.from_pretrained(model_name_or_path, **hub_kwargs).eval()
     _, eval_tf = build_transforms(model.image_processor, model.num_input_channels, augment=False)
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hf-transfer-cnn`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    from .families import ConversionError, UnknownArchError
+    from .convert import ConversionError, UnknownArchError
     from .hub import HubPushError
 
     try:

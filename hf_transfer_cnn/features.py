@@ -46,7 +46,7 @@ def _compute_config(config) -> str:
     """The config without labels and head metadata: the settings the backbone's forward reads (activation,
     padding, norm eps, ...), which the weights alone do not fix."""
     d = {k: v for k, v in config.to_dict().items() if k not in _LABEL_FIELDS}
-    from .modeling import CONFIG_KEY
+    from .model import CONFIG_KEY
 
     meta = dict(d.pop(CONFIG_KEY, None) or {})
     d[CONFIG_KEY] = {k: meta[k] for k in _COMPUTE_META if meta.get(k) is not None}

@@ -26,7 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hf_transfer_cnn.data import FASHION_MNIST_DIR, fashion_mnist_to_imagefolder, write_imagefolder  # noqa: E402
+from hf_transfer_cnn.data import write_imagefolder
+from hf_transfer_cnn.recipe.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist_to_imagefolder  # noqa: E402
 
 
 def find_mobilenet_weights() -> Path:
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     ckpt = out / "mobilenet_v2_imagenet"
-    from hf_transfer_cnn.families.convert import convert_torchvision
+    from hf_transfer_cnn.convert import convert_torchvision
 
     # converted on every run (seconds): a checkpoint cached by an older converter could differ (e.g. its config notes)
     print("Converting torchvision's ImageNet MobileNetV2 weights ...")
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
         export_digits(data)
     print(f"Dataset: {source}")
 
-    from hf_transfer_cnn.finetune import parse_recipe_args, run_finetune
+    from hf_transfer_cnn.recipe.run import parse_recipe_args, run_finetune
 
     config = ROOT / "recipes" / "quickstart.yaml"
     run_dir = out / "quickstart"

@@ -49,7 +49,7 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> None:
 
 def make_checkpoint(model_type: str, path, seed: int = 0, num_labels: int = 4, **config_overrides) -> str:
     """Save a randomly initialised tiny `model_type` checkpoint (with image processor) to `path`."""
-    from hf_transfer_cnn.modeling import default_image_processor
+    from hf_transfer_cnn.processing import default_image_processor
 
     config = TINY_CONFIGS[model_type]()
     config.num_labels = num_labels

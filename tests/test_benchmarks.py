@@ -215,7 +215,7 @@ def _tiny_fashion_idx(root: Path) -> Path:
     """A synthetic IDX dataset in Fashion-MNIST's layout: 12 train / 3 test images per class."""
     import numpy as np
 
-    from hf_transfer_cnn.data import write_idx
+    from hf_transfer_cnn.recipe.fashion_mnist import write_idx
 
     rng = np.random.default_rng(0)
     root.mkdir()

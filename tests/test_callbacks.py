@@ -396,7 +396,7 @@ def test_unfreeze_after_max_steps_warns(tiny_checkpoints, tmp_path, caplog):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     trainer = T.Trainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=Data(),
                         callbacks=[FreezeScheduler(unfreeze_at_step=5, num_stages=1)])
-    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
         trainer.train()
     assert "will never happen" in caplog.text
 
@@ -461,7 +461,7 @@ def test_tf_style_bn_momentum_in_trained_stages_is_warned_about(tiny_checkpoints
 
     def warned(model, **kw) -> bool:
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.callbacks"):
+        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
             FreezeScheduler(**kw).prepare_model(model)
         return "fix_tf_bn_momentum(model)" in caplog.text
 
@@ -580,7 +580,7 @@ def test_plain_ddp_loop_checks_find_unused_parameters(tiny_checkpoints, caplog, 
             assert changed == [False, False, True, True]
         # given the unwrapped model (or none) in a run of several processes: a warning with the fix
         monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
-        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.callbacks"):
+        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
             fs.attach(opt, model=model)
         assert "find_unused_parameters=True" in caplog.text and "stage4" in caplog.text
     finally:

@@ -24,9 +24,9 @@ from PIL import Image
 
 from hf_transfer_cnn.cli import main
 from hub_server import dead_hub, fake_hub  # noqa: F401 - pytest fixtures (local fake Hub)
-from hf_transfer_cnn.families import (CONVERTIBLE_ARCHS, ConversionError, UnknownArchError, convert_torchvision,
-                                      init_checkpoint)
-from hf_transfer_cnn.modeling import IMAGENET_MEAN, IMAGENET_STD
+from hf_transfer_cnn.convert import (ConversionError, UnknownArchError, convert_torchvision, convertible_archs,
+                                     init_checkpoint)
+from hf_transfer_cnn.processing import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGENET_CATEGORIES = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]
 
@@ -71,7 +71,7 @@ def leftovers(parent: Path) -> list[str]:
 
 # --- acceptance 1: every ARCH converts exactly ----------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", CONVERTIBLE_ARCHS)
+@pytest.mark.parametrize("arch", convertible_archs())
 def test_converted_logits_equal_torchvision(arch, tmp_path):
     """Same input, eval mode: the saved checkpoint's logits equal torchvision's (<= 1e-5); Hub files present."""
     tv = torchvision_model(arch)

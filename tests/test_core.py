@@ -102,7 +102,7 @@ def test_more_than_three_channels_rule(tiny_checkpoints, model_type):
 def test_adapt_conv_weight_keeps_colour_and_extra_channels_apart():
     """Kernels laid out as RGB (gray when fewer than 3) then extras: the colour part is summed or split, extras keep
     their kernels in order, new extras are zero, surplus ones dropped. An RGB+extra stem back to RGB is the RGB stem."""
-    from hf_transfer_cnn.modeling import adapt_conv_weight
+    from hf_transfer_cnn.model import adapt_conv_weight
 
     w = torch.arange(1, 6, dtype=torch.float32).reshape(1, 5, 1, 1)  # R=1 G=2 B=3, extras 4, 5
 
@@ -448,7 +448,7 @@ def test_saving_a_model_plain_transformers_cannot_rebuild_says_so_once(tiny_chec
 
     def warnings_for(model, times=2):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.modeling"):
+        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
             for i in range(times):
                 model.save_pretrained(tmp_path / f"s{len(list(tmp_path.iterdir()))}")
         return [r for r in caplog.records if "needs hf_transfer_cnn to load" in r.getMessage()]
@@ -533,7 +533,7 @@ def test_converted_torchvision_mobilenet_keeps_pytorch_bn_momentum(tmp_path):
     import torchvision
     from test_families import _torchvision_weights
 
-    from hf_transfer_cnn.families import convert_torchvision
+    from hf_transfer_cnn.convert import convert_torchvision
 
     pth = _torchvision_weights("mobilenet_v2", tmp_path / "m.pth")
     path = convert_torchvision("mobilenet_v2", pth, tmp_path / "mnv2")

@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 import datasets
-from hf_transfer_cnn.data import (FASHION_MNIST_LABELS, DataArguments, TransformArguments, build_transforms,
-                                  collate_fn, convert_image, fashion_mnist_to_imagefolder, load_fashion_mnist_idx,
-                                  load_image_classification_data, processor_sizes, read_idx, to_8bit,
-                                  with_transforms, write_idx)
+from hf_transfer_cnn.data import (DataArguments, TransformArguments, build_transforms, collate_fn, convert_image,
+                                  load_image_classification_data, to_8bit, with_transforms)
+from hf_transfer_cnn.processing import processor_sizes
+from hf_transfer_cnn.recipe.fashion_mnist import (FASHION_MNIST_LABELS, fashion_mnist_to_imagefolder,
+                                                  load_fashion_mnist_idx, read_idx, write_idx)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RGB_CONST = (10, 128, 250)
@@ -145,7 +146,7 @@ def test_eval_transform_matches_efficientnet_processors_quirks():
     import transformers as T
     from PIL import Image
 
-    from hf_transfer_cnn.modeling import default_image_processor
+    from hf_transfer_cnn.processing import default_image_processor
 
     img, gray = Image.fromarray(_noise(3, (41, 53, 3))), Image.fromarray(_noise(4, (41, 53)))
     for cls in (T.EfficientNetImageProcessor, T.EfficientNetImageProcessorPil):
@@ -286,7 +287,7 @@ def test_plain_int_or_string_labels_are_stratified_and_home_paths_resolve(tmp_pa
         assert not set(_ids(train)) & set(_ids(evaluation))
         seen.add(tuple(sorted(_ids(evaluation))))
     assert len(seen) > 1  # the seed matters
-    from hf_transfer_cnn.finetune import _dataset_title
+    from hf_transfer_cnn.recipe.run import _dataset_title
 
     assert _dataset_title(DataArguments(dataset_name="~/pq")) == "pq"  # the model card's name, not "~/pq"
 
@@ -452,7 +453,7 @@ def test_random_erasing():
 def test_normalisation_stats_length():
     """mean/std take 1 value, one per channel, or RGB's 3 (averaged for gray); other lengths are refused, and the
     processor a recipe saves holds the per-channel values its transforms used."""
-    from hf_transfer_cnn.finetune import _with_stats
+    from hf_transfer_cnn.recipe.run import _with_stats
 
     for channels, mean in ((3, [0.1, 0.2, 0.3, 0.4]), (3, [0.1, 0.2]), (1, [0.1, 0.2]), (4, [0.1, 0.2])):
         with pytest.raises(ValueError, match=f"mean has {len(mean)} values for a {channels}-channel model"):

@@ -14,9 +14,9 @@ import transformers as T
 from transformers import TrainerCallback
 
 from hf_transfer_cnn import FastOptions, HeadSpec, TransferModel
-from hf_transfer_cnn.families import convert_torchvision, init_checkpoint
+from hf_transfer_cnn.convert import convert_torchvision, init_checkpoint
 from hf_transfer_cnn.freezing import units_for
-from hf_transfer_cnn.modeling import ClassificationHead
+from hf_transfer_cnn.model import ClassificationHead
 from hf_transfer_cnn.registry import get_module
 
 FAMILIES = ["lenet5", "alexnet", "vgg", "googlenet", "resnet", "mobilenet_v2", "timm"]
@@ -347,7 +347,7 @@ def test_timm_input_adapter_folder_is_refused_by_plain_transformers(family_dirs,
     model = TransferModel.from_pretrained(_dir(family_dirs, "timm"), num_channels=1).eval()
     with torch.no_grad():
         model.input_adapter.weight.mul_(1.7)
-    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.modeling"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
         model.save_pretrained(tmp_path / "gray")
     assert any("adapter makes plain transformers refuse it" in r.getMessage() for r in caplog.records)
     saved = json.loads((tmp_path / "gray" / "config.json").read_text())
@@ -361,7 +361,7 @@ def test_timm_input_adapter_folder_is_refused_by_plain_transformers(family_dirs,
     with torch.no_grad():
         assert torch.equal(again(x).logits, model(x).logits)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.modeling"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
         TransferModel.from_pretrained(_dir(family_dirs, "lenet5"), num_labels=4).save_pretrained(tmp_path / "lenet")
     assert not [r for r in caplog.records if "needs hf_transfer_cnn" in r.getMessage()]
 
@@ -375,7 +375,7 @@ def test_timm_processor_crops_like_timm_at_every_size(arch):
     import numpy as np
     from PIL import Image
 
-    from hf_transfer_cnn.families.timm_support import timm_image_processor
+    from hf_transfer_cnn.processing import timm_image_processor
 
     yy, xx = np.mgrid[0:300, 0:500]
     img = Image.fromarray(np.stack([127 + 120 * np.sin(xx / 40.0), 127 + 120 * np.cos(yy / 35.0),
@@ -440,7 +440,7 @@ def test_timm_functional_head_dropout_is_applied(arch, tmp_path):
 
 def test_timm_layouts_it_cannot_map_are_refused(tmp_path):
     """A ConvNeXt head normalises between pooling and classifier: refused with an error naming the model and why."""
-    from hf_transfer_cnn.families.timm_support import UnsupportedTimmModelError
+    from hf_transfer_cnn.families.timm_wrapper import UnsupportedTimmModelError
 
     path = _timm_checkpoint("test_convnext", tmp_path / "convnext")
     with pytest.raises(UnsupportedTimmModelError, match="'test_convnext' is not supported by TransferModel: its head 'head' applies norm"):

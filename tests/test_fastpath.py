@@ -10,8 +10,10 @@ import torch
 
 from conftest import NATIVE_TYPES
 from hf_transfer_cnn import FastOptions, TransferModel
-from hf_transfer_cnn.freezing import (_FAST, _PREFIX, OneDNNGraph, _freeze_graph, build_inference_copy,
-                                      is_inference_graph)
+from hf_transfer_cnn.fastpath import FAST_ATTR as _FAST
+from hf_transfer_cnn.fastpath import PREFIX_ATTR as _PREFIX
+from hf_transfer_cnn.fastpath import OneDNNGraph, build_inference_copy, is_inference_graph
+from hf_transfer_cnn.fastpath.graphs import freeze_graph as _freeze_graph
 
 BN_TYPES = ["resnet", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2"]
 
@@ -233,7 +235,7 @@ def test_fold_refuses_when_output_would_change():
 
 
 def test_pickle_package_family(tmp_path):
-    from hf_transfer_cnn.families import init_checkpoint
+    from hf_transfer_cnn.convert import init_checkpoint
 
     init_checkpoint("lenet5", tmp_path / "lenet", num_labels=4, num_channels=1, image_size=28, seed=0)
     model = TransferModel.from_pretrained(tmp_path / "lenet", num_labels=3).eval()

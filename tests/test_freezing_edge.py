@@ -9,6 +9,7 @@ import torch
 
 from hf_transfer_cnn import FastOptions, TransferModel
 from hf_transfer_cnn import freezing as F
+from hf_transfer_cnn.fastpath import FAST_ATTR, PREFIX_ATTR, OneDNNGraph, clear_inference_copies, copies, runtime
 
 
 def _plain_reference(model: TransferModel, path) -> TransferModel:
@@ -22,7 +23,7 @@ def _record_builds(monkeypatch) -> tuple[list, list]:
     """Record every inference-copy build: whole-prefix graphs (an nn.Sequential of frozen modules) as (input size,
     options), per-module copies as (which module, input size)."""
     prefix, per_module = [], []
-    original = F.build_inference_copy
+    original = runtime.build_inference_copy
 
     def recording(module, x, options=FastOptions(), use_jit=False):
         if isinstance(module, torch.nn.Sequential):
@@ -31,7 +32,7 @@ def _record_builds(monkeypatch) -> tuple[list, list]:
             per_module.append((id(module), tuple(x.shape[1:])))
         return original(module, x, options, use_jit=use_jit)
 
-    monkeypatch.setattr(F, "build_inference_copy", recording)
+    monkeypatch.setattr(runtime, "build_inference_copy", recording)
     return prefix, per_module
 
 
@@ -142,8 +143,8 @@ def test_prefix_graph_follows_fast_options(tiny_checkpoints, monkeypatch):
         model.freeze(2, fast=options)
         torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
     assert [o for _, o in builds] == [FastOptions(), options]
-    graph = model.__dict__[F._PREFIX].graph
-    assert isinstance(graph, torch.jit.ScriptModule) and not isinstance(graph, F.OneDNNGraph)
+    graph = model.__dict__[PREFIX_ATTR].graph
+    assert isinstance(graph, torch.jit.ScriptModule) and not isinstance(graph, OneDNNGraph)
 
 
 def _two_size_setup(tiny_checkpoints, monkeypatch):
@@ -164,7 +165,7 @@ def test_prefix_graph_per_input_size_built_once(tiny_checkpoints, monkeypatch):
         assert sorted(s for s, _ in builds) == [(3, 40, 40), (3, 48, 48)]
         monkeypatch.setattr(F, "_MAX_SHAPES", 2)  # bounded: a third size starts afresh
         model(torch.randn(3, 3, 56, 56))
-    _, graphs = model.__dict__[F._PREFIX].entry
+    _, graphs = model.__dict__[PREFIX_ATTR].entry
     assert list(graphs) == [((3, 56, 56), torch.float32)]
 
 
@@ -247,8 +248,8 @@ def test_forward_hooks_on_frozen_stages_fire_once_per_call_on_the_real_module(ti
         assert len(late) == 3
         handle.remove()
         torch.testing.assert_close(model(x).logits, want, rtol=0, atol=1e-5)
-    fast = [m for m in stage.modules() if F._FAST in m.__dict__]
-    assert fast and any(m.__dict__[F._FAST].copies for m in fast)  # copies in use again once unhooked
+    fast = [m for m in stage.modules() if FAST_ATTR in m.__dict__]
+    assert fast and any(m.__dict__[FAST_ATTR].copies for m in fast)  # copies in use again once unhooked
 
 
 def test_clear_inference_copies_picks_up_data_writes(tiny_checkpoints):
@@ -261,7 +262,7 @@ def test_clear_inference_copies_picks_up_data_writes(tiny_checkpoints):
             model(x)
             for p in model.base_model.parameters():
                 p.data.mul_(0.5)
-            F.clear_inference_copies(model)
+            clear_inference_copies(model)
             got = model(x).logits
         reference = _plain_reference(model, path).eval()
         with torch.no_grad():
@@ -296,13 +297,13 @@ def test_inference_graph_checked_at_another_batch_size(tiny_checkpoints, monkeyp
     """A graph traced on the first batch is checked on a batch of another size, however small the first one is,
     so a graph that baked the batch size in never goes into use."""
     seen = []
-    original = F._freeze_graph
+    original = copies.freeze_graph
 
     def recording(module, x, check, expected, fuse=True):
         seen.append((len(x), len(check), len(expected)))
         return original(module, x, check, expected, fuse=fuse)
 
-    monkeypatch.setattr(F, "_freeze_graph", recording)
+    monkeypatch.setattr(copies, "freeze_graph", recording)
     model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3, trainable_stages=1).eval()
     with torch.no_grad():
         model(torch.randn(first_batch, 3, 40, 40), output_hidden_states=True)  # per-module graphs

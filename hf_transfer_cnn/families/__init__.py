@@ -1,26 +1,16 @@
-"""Model families beyond transformers' own: LeNet-5, AlexNet, VGG, GoogLeNet (registered with the Auto classes and
-the stage registry on import), torchvision -> Hub converters, and TimmWrapper stage maps.
+"""Model families: one module per family, each registering one `Family` (stage map, classes, checkpoints) with the
+registry when imported. Importing this package imports every family module in it, so adding a family is adding a
+file here; families defined elsewhere call `hf_transfer_cnn.register_family` themselves.
 
-* `convert_torchvision(arch, weights_path, output_dir, num_labels=None)` — a torchvision ``.pth`` as a checkpoint
-  directory (ResNet and MobileNetV2 become transformers' own classes).
-* `init_checkpoint(arch, output_dir, ...)` — a randomly initialised checkpoint of any supported ARCH.
+Model code of this package's own families lives in `families.modeling` (self-contained files, saved next to the
+weights for ``trust_remote_code``).
 """
 
-from . import registration, timm_support  # noqa: F401  (registration side effects)
-from .archs import CONVERTIBLE_ARCHS, INIT_ARCHS, UnknownArchError
-from .convert import ConversionError, convert_torchvision, init_checkpoint, load_torchvision_state_dict
-from .lenet import LeNet5Config, LeNet5ForImageClassification, LeNet5Model
-from .torchvision_backed import (AlexNetConfig, AlexNetForImageClassification, GoogLeNetConfig,
-                                 GoogLeNetForImageClassification, VGGConfig, VGGForImageClassification)
+import importlib
+import pkgutil
 
-__all__ = ["model_class", "convert_torchvision", "init_checkpoint", "load_torchvision_state_dict", "ConversionError",
-           "UnknownArchError", "CONVERTIBLE_ARCHS", "INIT_ARCHS",
-           "LeNet5Config", "LeNet5Model", "LeNet5ForImageClassification", "AlexNetConfig",
-           "AlexNetForImageClassification", "VGGConfig", "VGGForImageClassification", "GoogLeNetConfig",
-           "GoogLeNetForImageClassification"]
+_NOT_FAMILIES = {"modeling", "statedict"}
 
-
-def model_class(name: str):
-    """A model class defined by this package's families, by class name (None if there is none)."""
-    obj = globals().get(name)
-    return obj if isinstance(obj, type) else None
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name not in _NOT_FAMILIES:
+        importlib.import_module(f"{__name__}.{_info.name}")

@@ -20,7 +20,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = ["scale_lr_schedule", "unwrap_scheduler", "unwrap_optimizer", "StageLrMultipliers",
-           "LR_LINEAR_OPTIMIZERS", "stage_param_groups"]
+           "LR_LINEAR_OPTIMIZERS"]
 
 # Optimizers whose parameter update is exactly proportional to the learning rate.
 LR_LINEAR_OPTIMIZERS = {"SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "RMSprop", "Adadelta"}
@@ -105,29 +105,3 @@ class StageLrMultipliers:
         for h in self._handles:
             h.remove()
         self._handles = []
-
-
-def stage_param_groups(model, lr: float, stage_lr_decay: float = 1.0, weight_decay: float = 0.0) -> list[dict]:
-    """Param groups for a hand-built optimizer: head at `lr`, each lower stage `stage_lr_decay` times the one
-    above; no weight decay on biases and norm weights. Includes every parameter, frozen ones too, so a later
-    unfreeze needs no new group."""
-    from .freezing import units_for
-
-    units = units_for(model)
-    in_units = set()
-    groups: list[dict] = []
-
-    def add(params, scale, name):
-        decay = [p for p in params if p.ndim > 1]
-        no_decay = [p for p in params if p.ndim <= 1]
-        for ps, wd in ((decay, weight_decay), (no_decay, 0.0)):
-            if ps:
-                groups.append({"params": ps, "lr": lr * scale, "weight_decay": wd, "name": name})
-
-    for depth, unit in enumerate(reversed(units), start=1):
-        params = list(unit.parameters())
-        in_units.update(id(p) for p in params)
-        add(params, stage_lr_decay ** depth, unit.name)
-    head = [p for p in model.parameters() if id(p) not in in_units]
-    add(head, 1.0, "head")
-    return groups

@@ -11,228 +11,29 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutput
 
-from .freezing import FastOptions, FreezeState, apply_freeze, run_frozen_prefix
-from .registry import ArchSpec, StageUnit, get_arch, get_module, resolve_arch, set_module, stage_units
+from ..fastpath import FastOptions, run_frozen_prefix
+from ..freezing import FreezeState, apply_freeze
+from ..processing import adapt_image_processor, default_image_processor, timm_image_processor
+from ..registry import (ArchSpec, StageUnit, get_arch, get_module, in_transformers, model_class, resolve_arch,
+                        set_module, stage_units)
+from .batchnorm import fix_tf_bn_momentum
+from .channels import adapt_conv_weight, adapter_weight
+from .head import ClassificationHead, HeadSpec, last_linear_path
+from .labels import normalise_labels
+from .meta import TransferMeta
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TransferModel", "HeadSpec", "ClassificationHead", "adapt_conv_weight", "adapt_image_processor",
-           "fix_tf_bn_momentum"]
-
-CONFIG_KEY = "hf_transfer_cnn"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# --- head -----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """A custom classifier: pooling, then optional hidden layers, then the output layer."""
-
-    hidden_sizes: tuple[int, ...] = ()
-    dropout: float = 0.0
-    pooling: Literal["avg", "max", "concat"] = "avg"
-    activation: Literal["relu", "gelu", "silu"] = "relu"
-
-    @classmethod
-    def parse(cls, value: HeadSpec | dict | None) -> HeadSpec | None:
-        if value is None or isinstance(value, HeadSpec):
-            spec = value
-        elif isinstance(value, dict):
-            unknown = set(value) - {"hidden_sizes", "dropout", "pooling", "activation"}
-            if unknown:
-                raise ValueError(f"Unknown head option(s) {sorted(unknown)}; allowed: hidden_sizes, dropout, pooling, activation.")
-            spec = cls(**{**value, "hidden_sizes": tuple(value.get("hidden_sizes", ()))})
-        else:
-            raise TypeError(f"head must be None, a dict or a HeadSpec, got {type(value).__name__}.")
-        if spec is None:
-            return None
-        if spec.pooling not in ("avg", "max", "concat"):
-            raise ValueError(f"head pooling={spec.pooling!r}; use 'avg', 'max' or 'concat'.")
-        if spec.activation not in _ACTIVATIONS:
-            raise ValueError(f"head activation={spec.activation!r}; use one of {sorted(_ACTIVATIONS)}.")
-        if not 0.0 <= spec.dropout < 1.0:
-            raise ValueError(f"head dropout={spec.dropout} must be in [0, 1).")
-        if any((not isinstance(h, int)) or h < 1 for h in spec.hidden_sizes):
-            raise ValueError(f"head hidden_sizes={list(spec.hidden_sizes)} must be positive integers.")
-        return spec
-
-    @property
-    def is_native(self) -> bool:
-        return self == HeadSpec()
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden_sizes"] = list(self.hidden_sizes)
-        return d
-
-
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
-
-
-class ClassificationHead(nn.Module):
-    """Hidden layers (Linear → activation → dropout) then the output Linear."""
-
-    def __init__(self, in_features: int, num_labels: int, spec: HeadSpec):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for h in spec.hidden_sizes:
-            layers += [nn.Linear(width, h), _ACTIVATIONS[spec.activation](), nn.Dropout(spec.dropout)]
-            width = h
-        if not spec.hidden_sizes and spec.dropout:
-            layers.append(nn.Dropout(spec.dropout))
-        self.hidden = nn.Sequential(*layers)
-        self.out = nn.Linear(width, num_labels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.hidden(x))
-
-
-def _last_linear_path(module: nn.Module) -> str | None:
-    found = None
-    for name, m in module.named_modules():
-        if isinstance(m, nn.Linear):
-            found = name
-    return found
-
-
-# --- input adaptation -----------------------------------------------------------------------------
-
-def adapt_conv_weight(weight: torch.Tensor, num_channels: int) -> torch.Tensor:
-    """Map a stem kernel ``[out, in, kh, kw]`` to `num_channels` inputs.
-
-    Channels are read as this package lays them out: the first three are RGB (the first one is gray when there
-    are fewer than 3), any further ones are extra channels. Rule for the colour part: RGB -> gray sums the three
-    kernels (a gray tensor then gives exactly the response of that tensor replicated to RGB); gray -> RGB splits
-    the kernel evenly over R, G and B (an RGB image gets the gray model's response to its channel mean). Extra
-    channels keep their kernels in order where both sides have them; new ones start at zero (the model ignores
-    them until the stem trains), surplus ones are dropped.
-    """
-    out_c, in_c = weight.shape[:2]
-    if num_channels < 1:
-        raise ValueError(f"num_channels={num_channels}; it must be at least 1.")
-    if num_channels == in_c:
-        return weight.clone()
-    base_in, base_out = (1 if in_c < 3 else 3), (1 if num_channels < 3 else 3)
-    new = weight.new_zeros((out_c, num_channels, *weight.shape[2:]))
-    colour = weight[:, :base_in]
-    if base_in == base_out:
-        new[:, :base_out] = colour
-    elif base_out == 1:
-        new[:, :1] = colour.sum(dim=1, keepdim=True)
-    else:
-        new[:, :3] = colour / 3
-    extra = min(in_c - base_in, num_channels - base_out)
-    if extra > 0:
-        new[:, base_out:base_out + extra] = weight[:, base_in:base_in + extra]
-    return new
-
-
-def _adapter_weight(in_channels: int, out_channels: int, dtype, device) -> torch.Tensor:
-    """A 1×1 conv realising `adapt_conv_weight`'s rule in front of a conv whose weights can't absorb it."""
-    eye = torch.eye(out_channels, dtype=dtype, device=device)[:, :, None, None]
-    return adapt_conv_weight(eye, in_channels)
-
-
-def tf_style_batchnorms(module: nn.Module) -> list[nn.Module]:
-    """BatchNorm layers of `module` whose momentum is in TensorFlow's decay convention (> 0.5)."""
-    return [m for m in module.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None and m.momentum > 0.5]
-
-
-def fix_tf_bn_momentum(model: nn.Module, momentum: float | None = None) -> int:
-    """Convert BatchNorm momentum written in TensorFlow's convention to PyTorch's; returns how many were changed.
-
-    transformers' MobileNet/EfficientNet ports build BatchNorm with momentum 0.997 / 0.99 — TensorFlow's *decay*.
-    PyTorch's momentum is the weight of the new batch, so there the running statistics would follow the last batch
-    whenever such a layer trains. For TensorFlow-trained checkpoints 1 - momentum is the average their authors
-    meant; weights trained in PyTorch (torchvision's, converted) train with `momentum` instead — by default the one
-    `convert_torchvision` recorded in the model's config (0.1), if any.
-    """
-    if momentum is None:
-        momentum = (getattr(getattr(model, "config", None), CONFIG_KEY, None) or {}).get("batch_norm_momentum")
-    layers = tf_style_batchnorms(model)
-    for m in layers:
-        m.momentum = round(1.0 - m.momentum, 6) if momentum is None else float(momentum)
-    changed = len(layers)
-    if changed:
-        logger.info("BatchNorm momentum of %d layers converted from TensorFlow's convention (%s).", changed,
-                    "x -> 1 - x" if momentum is None else f"-> {momentum:g}, the weights' own")
-    return changed
-
-
-def _channel_stats(values: list[float], num_channels: int) -> list[float]:
-    values = list(values)
-    if num_channels == len(values):
-        return values
-    mean = sum(values) / len(values)
-    if num_channels < len(values):
-        return [mean] * num_channels
-    return values + [mean] * (num_channels - len(values))
-
-
-def adapt_image_processor(processor: Any, num_channels: int | None = None, image_size: int | None = None) -> Any:
-    """A copy of `processor` that produces `num_channels` × `image_size`² pixel values.
-
-    Mean/std: RGB values for 3 channels; their average for 1 (or for each channel beyond 3).
-    Sizes: the output is `image_size`²; a resize-then-crop processor keeps its resize/crop ratio.
-    """
-    d = processor.to_dict()
-    d.pop("_processor_class", None)
-    if num_channels is not None:
-        for key in ("image_mean", "image_std"):
-            if d.get(key) is not None:
-                d[key] = _channel_stats(d[key], num_channels)
-    if image_size is not None:
-        size = dict(d.get("size") or {})
-        size = {k: v for k, v in size.items() if v is not None}
-        crop = d.get("crop_size") or {}
-        if "shortest_edge" in size and d.get("do_center_crop") and crop.get("height"):
-            # resize then centre-crop (BiT, MobileNet, ...): keep the resize/crop ratio
-            ratio = size["shortest_edge"] / crop["height"]
-            size = {"shortest_edge": int(round(image_size * ratio))}
-        elif "shortest_edge" in size:
-            size = {"shortest_edge": int(image_size)}  # ConvNeXt-style: crop_pct holds the ratio
-        else:
-            size = {"height": int(image_size), "width": int(image_size)}
-        d["size"] = size
-        if d.get("crop_size") is not None:
-            d["crop_size"] = {"height": int(image_size), "width": int(image_size)}
-    return type(processor).from_dict(d)
-
-
-def default_image_processor(model_type: str, image_size: int = 224) -> Any:
-    """The checkpoint family's image processor class with its defaults (used when a checkpoint has none)."""
-    from transformers.models.auto.image_processing_auto import (IMAGE_PROCESSOR_MAPPING_NAMES,
-                                                                 get_image_processor_class_from_name)
-
-    names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
-    name = (names.get("torchvision") or names.get("pil")) if isinstance(names, dict) else names
-    if name:  # the family's processor with ImageNet statistics (what its pretrained checkpoints use)
-        cls = get_image_processor_class_from_name(name)
-        extra = {"include_top": False} if hasattr(cls, "include_top") else {}  # EfficientNet: no second /std
-        proc = cls(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD), **extra)
-        return adapt_image_processor(proc, image_size=image_size)
-    from transformers import MobileNetV2ImageProcessor
-
-    # torchvision's ImageNet recipe: resize to size/0.875, centre-crop to size (at every size: ConvNeXt's
-    # processor, which holds the same ratio as crop_pct, warps the whole image from 384 px on)
-    return MobileNetV2ImageProcessor(size={"shortest_edge": int(image_size / 0.875)},
-                                     crop_size={"height": image_size, "width": image_size},
-                                     image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+__all__ = ["TransferModel", "transfer_class_for"]
 
 
 # --- the model --------------------------------------------------------------------------------------
@@ -255,9 +56,7 @@ def __getattr__(name: str) -> type:
     import transformers
 
     if name.startswith("Transfer") and name != "TransferModel":
-        from . import families
-
-        native = getattr(transformers, name[len("Transfer"):], None) or families.model_class(name[len("Transfer"):])
+        native = getattr(transformers, name[len("Transfer"):], None) or model_class(name[len("Transfer"):])
         if isinstance(native, type) and issubclass(native, PreTrainedModel):
             return transfer_class_for(native)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -276,43 +75,6 @@ def _native_class_for(config) -> type:
     raise ValueError(f"No image-classification model class is registered for model_type {config.model_type!r}.")
 
 
-def _normalise_labels(num_labels, id2label, label2id):
-    if id2label is not None:
-        id2label = {int(k): str(v) for k, v in dict(id2label).items()}
-        if sorted(id2label) != list(range(len(id2label))):
-            raise ValueError(f"id2label keys must be 0..{len(id2label) - 1}, got {sorted(id2label)}.")
-        if num_labels is not None and num_labels != len(id2label):
-            raise ValueError(
-                f"num_labels={num_labels} but id2label has {len(id2label)} entries; pass one of them, or make them agree."
-            )
-        num_labels = len(id2label)
-        repeated = sorted(name for name, n in Counter(id2label.values()).items() if n > 1)
-        if repeated:
-            raise ValueError(f"id2label names {repeated} more than once; every class needs its own name "
-                             "(label2id could not map back).")
-    if label2id is not None:
-        label2id = {str(k): int(v) for k, v in dict(label2id).items()}
-        if num_labels is None:
-            num_labels = len(label2id)
-        if id2label is None:
-            id2label = {v: k for k, v in label2id.items()}
-        if len(label2id) != num_labels or {v: k for k, v in label2id.items()} != id2label:
-            raise ValueError("label2id does not match id2label/num_labels; pass id2label alone and label2id is derived.")
-    if num_labels is not None:
-        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
-            raise ValueError(f"num_labels={num_labels!r}; a classifier needs at least 1 label.")
-        if id2label is None:
-            id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
-        label2id = {v: k for k, v in id2label.items()}
-    return num_labels, id2label, label2id
-
-
-def _in_transformers(model_type: str) -> bool:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-
-    return model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-
-
 class TransferModel(nn.Module):
     """Mixin (and factory) that turns a transformers vision classifier into a transfer-learning model.
 
@@ -327,15 +89,16 @@ class TransferModel(nn.Module):
     # -- construction ------------------------------------------------------------------------------
 
     def __init__(self, config, *args, **kwargs):
-        meta = dict(getattr(config, CONFIG_KEY, None) or {})
-        backbone = meta.pop("backbone_config", None)
-        if backbone is not None:  # a saved adapter model: its config stated the input channels (see save_pretrained)
-            config.update({**backbone, CONFIG_KEY: meta})
+        meta = TransferMeta.of(config)
+        if meta.backbone_config is not None:  # a saved adapter model: its config stated the input channels
+            config.update(meta.backbone_config)
+            meta = meta.updated(backbone_config=None)
+            meta.write(config)
         super().__init__(config, *args, **kwargs)
-        in_channels = meta.get("input_channels")
+        in_channels = meta.input_channels
         if in_channels is not None:  # stems that can't absorb a channel change keep a 1×1 adapter
             self.input_adapter = nn.Conv2d(in_channels, config.num_channels, 1, bias=False)
-        head = HeadSpec.parse(meta.get("head"))
+        head = HeadSpec.parse(meta.head)
         if head is not None and not head.is_native:
             self._install_head(head, config.num_labels)
         self.image_processor = None
@@ -372,7 +135,7 @@ class TransferModel(nn.Module):
         config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         spec = get_arch(config.model_type)
         names_given = id2label is not None or label2id is not None
-        num_labels, id2label, label2id = _normalise_labels(num_labels, id2label, label2id)
+        num_labels, id2label, label2id = normalise_labels(num_labels, id2label, label2id)
         if num_channels is not None and (isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1):
             raise ValueError(f"num_channels={num_channels!r}; use a positive integer (1 = grayscale, 3 = RGB).")
         minimum = spec.min_size(config)
@@ -394,11 +157,10 @@ class TransferModel(nn.Module):
                 "Hub id, or build one with `hf-transfer-cnn init/convert`."
             ) from err
 
-        meta = model._meta()
         fix_tf_bn_momentum(model)  # 1 - x, or the momentum `convert_torchvision` recorded in the config
         model.image_processor = model._load_processor(pretrained_model_name_or_path, hub_kwargs)
-        meta.setdefault("base_model", str(pretrained_model_name_or_path))
-        model.config.update({CONFIG_KEY: meta})
+        if model.meta.base_model is None:
+            model._set_meta(base_model=str(pretrained_model_name_or_path))
         own = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
         keep_head = names_given and id2label == own and (head_spec is None or head_spec == model.head_spec)
         if keep_head:  # e.g. continuing to train a fine-tuned model on its own classes
@@ -419,13 +181,13 @@ class TransferModel(nn.Module):
     def arch(self) -> ArchSpec:
         return resolve_arch(self)  # per-instance for model types with a resolver (timm)
 
-    def _meta(self) -> dict:
-        return dict(getattr(self.config, CONFIG_KEY, None) or {})
+    @property
+    def meta(self) -> TransferMeta:
+        """What this model records about itself (the config's ``hf_transfer_cnn`` section)."""
+        return TransferMeta.of(self.config)
 
     def _set_meta(self, **updates) -> None:
-        meta = self._meta()
-        meta.update(updates)
-        self.config.update({CONFIG_KEY: meta})
+        self.meta.updated(**updates).write(self.config)
 
     def stage_units(self) -> list[StageUnit]:
         return stage_units(self, self.arch)
@@ -437,14 +199,13 @@ class TransferModel(nn.Module):
 
     @property
     def num_input_channels(self) -> int:
-        meta = self._meta()
         # configs without num_channels (TimmWrapper): the first conv's input channels
-        return int(meta.get("input_channels") or getattr(self.config, "num_channels", None)
+        return int(self.meta.input_channels or getattr(self.config, "num_channels", None)
                    or get_module(self, self.arch.first_conv).in_channels)
 
     @property
     def head_spec(self) -> HeadSpec:
-        return HeadSpec.parse(self._meta().get("head")) or HeadSpec()
+        return HeadSpec.parse(self.meta.head) or HeadSpec()
 
     @property
     def freeze_state(self) -> FreezeState | None:
@@ -454,24 +215,23 @@ class TransferModel(nn.Module):
 
     def _feature_dim(self, pooling: str = "avg") -> int:
         """Width of the pooled features the classifier sees (recorded in the config once known)."""
-        meta = self._meta()
-        if "feature_dim" not in meta:
+        if self.meta.feature_dim is None:
             head = get_module(self, self.arch.head)
             first = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
             if first is None or isinstance(head, ClassificationHead):
                 first = None
-            meta["feature_dim"] = first.in_features if first is not None else self._probe_channels()
-            self._set_meta(feature_dim=meta["feature_dim"])
+            self._set_meta(feature_dim=first.in_features if first is not None else self._probe_channels())
+        meta = self.meta
         if pooling == "avg":
-            return int(meta["feature_dim"])
-        if "channels_dim" not in meta:
-            channels = meta["feature_dim"] if self.arch.head_style != "mlp" else self._probe_channels()
+            return int(meta.feature_dim)
+        if meta.channels_dim is None:
+            channels = meta.feature_dim if self.arch.head_style != "mlp" else self._probe_channels()
             self._set_meta(channels_dim=channels)
-            meta["channels_dim"] = channels
-        return int(meta["channels_dim"]) * (2 if pooling == "concat" else 1)
+            meta = self.meta
+        return int(meta.channels_dim) * (2 if pooling == "concat" else 1)
 
     def _probe_channels(self) -> int:
-        size = max(self.arch.min_size(self.config), int(self._meta().get("image_size") or 0))
+        size = max(self.arch.min_size(self.config), int(self.meta.image_size or 0))
         p = next(self.parameters())
         was_training = self.training
         self.eval()
@@ -492,7 +252,7 @@ class TransferModel(nn.Module):
         `HeadSpec()` / ``{}`` means the native layout (plain transformers can load the result); for MLP classifiers
         (AlexNet, VGG) that replaces only the last Linear. Any other `HeadSpec` replaces the whole classifier.
         """
-        num_labels, id2label, label2id = _normalise_labels(num_labels, id2label, None)
+        num_labels, id2label, label2id = normalise_labels(num_labels, id2label, None)
         spec = HeadSpec.parse(head) if head is not None else self.head_spec  # None: keep the current layout
         arch = self.arch
         if spec.is_native and isinstance(get_module(self, arch.head), ClassificationHead) and arch.head_style == "mlp":
@@ -505,7 +265,7 @@ class TransferModel(nn.Module):
             in_features = self._feature_dim()
             old = get_module(self, arch.head)
             if arch.head_style == "mlp":
-                path = _last_linear_path(old)
+                path = last_linear_path(old)
                 set_module(old, path, nn.Linear(get_module(old, path).in_features, num_labels))
             elif arch.head_style == "flatten_linear":
                 set_module(self, arch.head, nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_labels)))
@@ -537,7 +297,7 @@ class TransferModel(nn.Module):
             else:
                 adapter = nn.Conv2d(num_channels, backbone_channels, 1, bias=False).to(device=ref.device, dtype=ref.dtype)
                 with torch.no_grad():
-                    adapter.weight.copy_(_adapter_weight(num_channels, backbone_channels, ref.dtype, ref.device))
+                    adapter.weight.copy_(adapter_weight(num_channels, backbone_channels, ref.dtype, ref.device))
                 self.input_adapter = adapter
                 self._set_meta(input_channels=num_channels)
         else:
@@ -578,11 +338,9 @@ class TransferModel(nn.Module):
         try:
             proc = AutoImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
         except (OSError, ValueError, KeyError):
-            size = self._meta().get("image_size") or getattr(self.config, "image_size", None) or 224
+            size = self.meta.image_size or getattr(self.config, "image_size", None) or 224
             proc = default_image_processor(self.config.model_type, int(size))
         if getattr(proc, "image_mean", None) is None and hasattr(proc, "data_config"):
-            from .families.timm_support import timm_image_processor  # timm's processor, as a transformers one
-
             proc = timm_image_processor(proc)
         if len(proc.image_mean or ()) != self.num_input_channels:
             proc = adapt_image_processor(proc, num_channels=self.num_input_channels)
@@ -726,15 +484,15 @@ class TransferModel(nn.Module):
     def _tell_how_it_loads(self, save_directory) -> None:
         """Log what a saved folder needs outside this package: a warning where plain transformers would give other
         predictions, refuse, or need remote code."""
-        meta = self._meta()
-        if meta.get("head"):
+        meta = self.meta
+        if meta.head:
             logger.warning("%s needs hf_transfer_cnn to load (TransferModel.from_pretrained): plain transformers would "
                            "load it with a fresh linear classifier in place of its custom head (other predictions; its "
                            "load report lists the head as UNEXPECTED).", save_directory)
-        elif meta.get("input_channels") is not None:
+        elif meta.input_channels is not None:
             logger.warning("%s needs hf_transfer_cnn to load (TransferModel.from_pretrained): its input adapter makes "
                            "plain transformers refuse it (a stem size mismatch).", save_directory)
-        elif not _in_transformers(self.config.model_type):
+        elif not in_transformers(self.config.model_type):
             logger.info("%s: without hf_transfer_cnn, load it with trust_remote_code=True (%s is defined in this "
                         "package; its modeling file is saved beside the weights).", save_directory,
                         self.config.model_type)
@@ -764,7 +522,7 @@ class TransferModel(nn.Module):
         native = self._native_class.__name__ if self._native_class else type(self).__name__
         self.config.architectures = [native]
         config = self.config
-        if self._meta().get("input_channels") is not None:
+        if self.meta.input_channels is not None:
             # an input adapter (BiT): config.json states the input channels, so that plain transformers refuses the
             # folder (its stem would not match the weights) instead of loading it without the adapter
             config = copy.deepcopy(self.config)
@@ -772,10 +530,10 @@ class TransferModel(nn.Module):
             for key in self.arch.channels_keys:
                 attr, _, inner = key.partition(".")
                 backbone[attr] = getattr(self.config, attr, None)
-                value = {**(backbone[attr] or {}), inner: self._meta()["input_channels"]} if inner else \
-                    self._meta()["input_channels"]
+                value = {**(backbone[attr] or {}), inner: self.meta.input_channels} if inner else \
+                    self.meta.input_channels
                 setattr(config, attr, value)
-            config.update({CONFIG_KEY: {**self._meta(), "backbone_config": backbone}})
+            self.meta.updated(backbone_config=backbone).write(config)
         if not self.__dict__.get("_told_not_plain"):  # once per model, not at every Trainer checkpoint
             self.__dict__["_told_not_plain"] = True
             self._tell_how_it_loads(save_directory)

@@ -19,7 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .data import (DataArguments, TransformArguments, _channel_values, build_transforms, collate_fn,
+from ..processing import channel_values
+from ..schedule.plan import optimizer_steps_per_epoch
+from ..data import (DataArguments, TransformArguments, build_transforms, collate_fn,
                    load_image_classification_data, with_transforms)
 
 logger = logging.getLogger(__name__)
@@ -190,14 +192,13 @@ def _total_steps(training_args, num_train: int) -> int:
     bs, world = training_args.per_device_train_batch_size, max(training_args.world_size, 1)
     batches = num_train // (bs * world) if training_args.dataloader_drop_last else \
         math.ceil(math.ceil(num_train / bs) / world)
-    gas = training_args.gradient_accumulation_steps
-    per_epoch = max(batches // gas + int(batches % gas > 0), 1)
+    per_epoch = optimizer_steps_per_epoch(batches, training_args.gradient_accumulation_steps)
     return int(math.ceil(training_args.num_train_epochs * per_epoch))
 
 
 def build_freeze_plan(model_args: ModelArguments, total_steps: int):
     """(initial trainable stages, FreezeScheduler or None) for the chosen strategy."""
-    from .callbacks import FreezeScheduler
+    from ..schedule import FreezeScheduler
 
     s = model_args.strategy
     if s == "feature_extraction":
@@ -232,7 +233,7 @@ def _keep_resumed_schedule(model_args: ModelArguments, resume: str | None, total
     falls back to comparing run lengths: a default step that would move is refused, with the step that keeps it."""
     if not resume or model_args.strategy != "gradual" or model_args.schedule or model_args.unfreeze_at_epoch is not None:
         return
-    from .callbacks import SCHEDULE_FILE
+    from ..schedule import SCHEDULE_FILE
 
     record = Path(resume) / SCHEDULE_FILE
     if record.is_file():
@@ -281,7 +282,7 @@ def _with_stats(processor, transform_args, num_channels: int):
     for key in ("image_mean", "image_std"):
         value = getattr(transform_args, key)
         if value:  # the values the transforms normalised with, one per model input channel
-            d[key] = _channel_values(value, num_channels, key)
+            d[key] = channel_values(value, num_channels, key)
     return type(processor).from_dict(d)
 
 
@@ -378,10 +379,10 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     """Train, evaluate and write the output directory; returns the results written to all_results.json."""
     from transformers import Trainer, set_seed
 
-    from .hub import HubPushError, TransferReport, push_output_dir, write_model_card
-    from .metrics import compute_metrics_fn, confusion_matrix, per_class_accuracy
-    from .modeling import TransferModel
-    from .plots import plot_confusion_matrix, plot_training_curves
+    from ..hub import HubPushError, TransferReport, push_output_dir, write_model_card
+    from ..metrics import compute_metrics_fn, confusion_matrix, per_class_accuracy
+    from ..model import TransferModel
+    from ..plots import plot_confusion_matrix, plot_training_curves
 
     t0 = time.time()
     if training_args.remove_unused_columns:
@@ -417,7 +418,7 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
         if transform_args.augment:
             logger.warning("cache_features: caching un-augmented features (the eval preprocessing); random "
                            "augmentation is off for this run. Set augment=false to silence this.")
-        from .features import cache_pooled_features
+        from ..features import cache_pooled_features
 
         bs = training_args.per_device_eval_batch_size
         model.to(training_args.device)

@@ -25,9 +25,9 @@ import re
 import torch
 from torch import nn
 
-from ..registry import ArchSpec, get_module, register_arch
+from ..registry import ArchSpec, Family, get_module, register_family
 
-__all__ = ["timm_arch_spec", "timm_image_processor", "UnsupportedTimmModelError"]
+__all__ = ["timm_arch_spec", "UnsupportedTimmModelError"]
 
 MODEL_TYPE = "timm_wrapper"
 _ROOT = "timm_model"
@@ -202,27 +202,6 @@ def _check_chain(model: nn.Module, spec: ArchSpec, refuse) -> None:
         raise refuse("running its modules in order does not reproduce timm's forward")
 
 
-_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3, "lanczos": 1}  # PIL.Image.Resampling values
-
-
-def timm_image_processor(processor):
-    """A transformers image processor equivalent to a ``TimmWrapperImageProcessor``'s evaluation transform
-    (resize to size / crop_pct, centre crop, timm's mean/std), which TransferModel can adapt to other channel
-    counts and sizes. timm's non-centre crop modes are approximated by a centre crop."""
-    import math
-
-    from transformers import MobileNetV2ImageProcessor
-
-    dc = processor.data_config
-    size = int(dc["input_size"][-1])
-    crop_pct = float(dc.get("crop_pct") or 0.875)
-    # shortest edge to floor(size / crop_pct), then a centre crop, as timm does at every size (ConvNeXt's
-    # processor would warp the whole image from 384 px on)
-    return MobileNetV2ImageProcessor(size={"shortest_edge": int(math.floor(size / crop_pct))},
-                                     crop_size={"height": size, "width": size},
-                                     resample=_RESAMPLE.get(str(dc.get("interpolation")), 3),
-                                     image_mean=list(dc["mean"]), image_std=list(dc["std"]))
-
-
-register_arch(ArchSpec(model_type=MODEL_TYPE, stem=(), stages=_ROOT, first_conv=_ROOT, resolver=timm_arch_spec,
-                       standardized_stem=True, channels_keys=_CHANNELS_KEYS), overwrite=True)
+FAMILY = register_family(Family(ArchSpec(model_type=MODEL_TYPE, stem=(), stages=_ROOT, first_conv=_ROOT,
+                                         resolver=timm_arch_spec, standardized_stem=True,
+                                         channels_keys=_CHANNELS_KEYS)))

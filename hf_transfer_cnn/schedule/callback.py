@@ -32,9 +32,10 @@ from pathlib import Path
 from torch import nn
 from transformers import TrainerCallback
 
-from .freezing import apply_freeze, resolve_trainable_stages, units_for
-from .modeling import tf_style_batchnorms
-from .optim import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer
+from ..freezing import apply_freeze, resolve_trainable_stages, units_for
+from ..model import tf_style_batchnorms
+from .plan import optimizer_steps_per_epoch
+from .lr import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -335,9 +336,7 @@ class FreezeScheduler(TrainerCallback):
         if self._epoch_trigger is not None:
             if train_dataloader is None or not hasattr(train_dataloader, "__len__"):
                 raise ValueError("unfreeze_at_epoch needs a train dataloader with a length; use unfreeze_at_step.")
-            n = len(train_dataloader)
-            gas = args.gradient_accumulation_steps
-            steps_per_epoch = max(n // gas + int(n % gas > 0), 1)
+            steps_per_epoch = optimizer_steps_per_epoch(len(train_dataloader), args.gradient_accumulation_steps)
         self._check_trainer_ddp(args, model)
         self._attach(optimizer, lr_scheduler, max_steps=state.max_steps, steps_per_epoch=steps_per_epoch,
                      global_step=state.global_step)

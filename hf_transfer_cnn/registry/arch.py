@@ -1,10 +1,10 @@
 """Per-architecture facts, as data.
 
-Everything hf-transfer-cnn knows about a model type lives in one `ArchSpec`: where the stem, the stages,
-the neck and the head are (as dotted module paths of the *ForImageClassification* model), which conv
-sees the pixels, and the smallest input it can take. The rest of the library derives behaviour from
-these facts with small pure functions (`stage_units`, `get_module`), so adding an architecture is adding
-one entry here.
+Everything hf-transfer-cnn knows about a model type's layout lives in one `ArchSpec`: where the stem, the stages,
+the neck and the head are (as dotted module paths of the *ForImageClassification* model), which conv sees the
+pixels, and the smallest input it can take. The rest of the library derives behaviour from these facts with small
+pure functions (`stage_units`, `get_module`). Families (``hf_transfer_cnn.families``) register their specs here;
+this module imports nothing else of the package.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal
 from torch import nn
 
 __all__ = ["ArchSpec", "StageUnit", "register_arch", "get_arch", "resolve_arch", "supported_model_types", "stage_units",
-           "get_module", "UnsupportedArchitectureError"]
+           "get_module", "set_module", "group_by_stride", "UnsupportedArchitectureError", "in_transformers"]
 
 
 class UnsupportedArchitectureError(ValueError):
@@ -110,7 +110,6 @@ def supported_model_types() -> list[str]:
 
 def get_arch(model_type: str | None) -> ArchSpec:
     """The registry entry for `model_type`, or an error naming it and listing what is supported."""
-    _ensure_families_loaded()
     spec = _REGISTRY.get(model_type or "")
     if spec is None:
         raise UnsupportedArchitectureError(
@@ -136,6 +135,13 @@ def resolve_arch(model: nn.Module, spec: ArchSpec | None = None) -> ArchSpec:
         resolved = spec.resolver(model)
         model.__dict__[_RESOLVED_ATTR] = resolved
     return resolved
+
+
+def in_transformers(model_type: str) -> bool:
+    """Whether transformers itself defines an image-classification model for `model_type` (no remote code)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -196,54 +202,3 @@ def stage_units(model: nn.Module, spec: ArchSpec) -> list[StageUnit]:
     tail = [get_module(model, p) for p in spec.neck + spec.post_pool]
     units[-1].modules.extend(tail)
     return units
-
-
-_FAMILIES_LOADED = False
-
-
-def _ensure_families_loaded() -> None:
-    # Families outside transformers (LeNet, torchvision-backed, timm) register themselves on import.
-    global _FAMILIES_LOADED
-    if not _FAMILIES_LOADED:
-        from . import families  # noqa: F401
-
-        _FAMILIES_LOADED = True
-
-
-# --- transformers-native architectures -------------------------------------------------------------
-
-register_arch(ArchSpec(
-    model_type="resnet", stem=("resnet.embedder",), stages="resnet.encoder.stages",
-    first_conv="resnet.embedder.embedder.convolution", pooler="resnet.pooler",
-    head_style="flatten_linear",
-))
-register_arch(ArchSpec(
-    model_type="regnet", stem=("regnet.embedder",), stages="regnet.encoder.stages",
-    first_conv="regnet.embedder.embedder.convolution", pooler="regnet.pooler",
-    head_style="flatten_linear",
-))
-register_arch(ArchSpec(
-    model_type="bit", stem=("bit.embedder",), stages="bit.encoder.stages", neck=("bit.norm",),
-    first_conv="bit.embedder.convolution", pooler="bit.pooler", head_style="flatten_linear",
-    standardized_stem=True,
-))
-for _t in ("convnext", "convnextv2"):
-    register_arch(ArchSpec(
-        model_type=_t, stem=(f"{_t}.embeddings",), stages=f"{_t}.encoder.stages",
-        first_conv=f"{_t}.embeddings.patch_embeddings", post_pool=(f"{_t}.layernorm",),
-    ))
-register_arch(ArchSpec(
-    model_type="efficientnet", stem=("efficientnet.embeddings",), stages="efficientnet.encoder.blocks",
-    grouping="stride", first_conv="efficientnet.embeddings.convolution",
-    neck=("efficientnet.encoder.top_conv", "efficientnet.encoder.top_bn", "efficientnet.encoder.top_activation"),
-    pooler="efficientnet.pooler", head_dropout="dropout",
-))
-register_arch(ArchSpec(
-    model_type="mobilenet_v1", stem=("mobilenet_v1.conv_stem",), stages="mobilenet_v1.layer", grouping="stride",
-    first_conv="mobilenet_v1.conv_stem.convolution", pooler="mobilenet_v1.pooler", head_dropout="dropout",
-))
-register_arch(ArchSpec(
-    model_type="mobilenet_v2", stem=("mobilenet_v2.conv_stem",), stages="mobilenet_v2.layer", grouping="stride",
-    first_conv="mobilenet_v2.conv_stem.first_conv.convolution", neck=("mobilenet_v2.conv_1x1",),
-    pooler="mobilenet_v2.pooler", head_dropout="dropout",
-))

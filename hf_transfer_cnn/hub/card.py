@@ -22,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from ..model import TransferMeta
+from ..registry import in_transformers
+
 __all__ = [
     "TransferReport",
     "HubPushError",
@@ -133,7 +136,7 @@ class TransferReport:
     def from_model(cls, model: Any, **fields: Any) -> TransferReport:
         """Fill base model, type, classes, input size/channels, head and loadability from a `TransferModel`."""
         config = model.config
-        meta = dict(getattr(config, "hf_transfer_cnn", None) or {})
+        meta = TransferMeta.of(config).to_dict()
         id2label = getattr(config, "id2label", None) or {}
         values: dict[str, Any] = {
             "base_model": meta.get("base_model") or getattr(config, "_name_or_path", "") or "unknown",
@@ -154,11 +157,10 @@ class TransferReport:
 
 def loadable_with_transformers(config: Any) -> bool:
     """True when plain transformers (no hf_transfer_cnn installed) can rebuild the model from its config."""
-    from .modeling import _in_transformers
 
     config = getattr(config, "config", config)
-    meta = dict(getattr(config, "hf_transfer_cnn", None) or {})
-    return (_in_transformers(config.model_type) and not meta.get("head")
+    meta = TransferMeta.of(config).to_dict()
+    return (in_transformers(config.model_type) and not meta.get("head")
             and meta.get("input_channels") is None)
 
 

@@ -20,21 +20,72 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForImageClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
 
-from ..registry import get_arch, get_module, set_module
-from .archs import ARCHS, ArchInfo, get_arch_info
+from .model import CONFIG_KEY, tf_style_batchnorms
+from .processing import torchvision_eval_processor
+from .registry import (CheckpointSpec, UnknownArchError, checkpoint_names, get_arch, get_checkpoint_spec, get_module,
+                       set_module)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConversionError", "convert_torchvision", "init_checkpoint", "load_torchvision_state_dict"]
+__all__ = ["ConversionError", "UnknownArchError", "convert_torchvision", "init_checkpoint", "load_torchvision_state_dict",
+           "convertible_archs", "init_archs"]
 
 _VERIFY_TOLERANCE = 1e-5
 
 
 class ConversionError(ValueError):
     """The weights cannot be converted (unreadable file, wrong architecture, inexact result)."""
+
+
+def convertible_archs() -> list[str]:
+    """The ARCH names `convert_torchvision` accepts."""
+    return checkpoint_names(convertible=True)
+
+
+def init_archs() -> list[str]:
+    """The ARCH names `init_checkpoint` accepts."""
+    return checkpoint_names()
+
+
+# --- what a checkpoint spec builds ------------------------------------------------------------------------------
+
+def make_config(spec: CheckpointSpec, num_labels: int | None = None, num_channels: int | None = None,
+                image_size: int | None = None, **family_kwargs) -> PreTrainedConfig:
+    """The transformers config for this architecture (labels ``LABEL_i`` unless given later)."""
+    kwargs = dict(spec.config_kwargs, **family_kwargs)
+    kwargs.update(num_labels=num_labels or spec.default_num_labels,
+                  num_channels=num_channels or spec.default_num_channels,
+                  image_size=image_size or spec.default_image_size)
+    return AutoConfig.for_model(spec.model_type, **kwargs)
+
+
+def torchvision_model(spec: CheckpointSpec, num_classes: int = 1000, **kwargs) -> nn.Module:
+    """The torchvision network these weights belong to, built as torchvision builds it for its published weights."""
+    if not spec.convertible:
+        raise UnknownArchError(f"{spec.name!r} has no torchvision counterpart to convert from.")
+    import torchvision
+
+    return torchvision.models.get_model(spec.name, weights=None, num_classes=num_classes,
+                                        **{**spec.torchvision_kwargs, **kwargs})
+
+
+def image_processor(spec: CheckpointSpec, image_size: int | None = None, num_channels: int | None = None):
+    """The family's processor, else torchvision's evaluation preprocessing (resize to size/0.875, centre crop,
+    ImageNet mean/std)."""
+    size, channels = image_size or spec.default_image_size, num_channels or spec.default_num_channels
+    build = spec.image_processor or torchvision_eval_processor
+    return build(size, channels)
+
+
+def imagenet_labels(spec: CheckpointSpec) -> list[str]:
+    """The 1000 ImageNet class names torchvision ships with its weights (no download)."""
+    import torchvision
+
+    name = spec.name if spec.convertible else "resnet18"
+    return list(torchvision.models.get_model_weights(name).DEFAULT.meta["categories"])
 
 
 # --- reading weights ------------------------------------------------------------------------------------------
@@ -71,19 +122,19 @@ def load_torchvision_state_dict(path: str | os.PathLike) -> dict[str, torch.Tens
     return sd
 
 
-def _num_classes(info: ArchInfo, sd: Mapping[str, torch.Tensor]) -> int:
+def _num_classes(info: CheckpointSpec, sd: Mapping[str, torch.Tensor]) -> int:
     w = sd.get(info.head_weight)
     return int(w.shape[0]) if w is not None and w.dim() == 2 else 1000
 
 
-def _reference(info: ArchInfo, sd: Mapping[str, torch.Tensor], transform_input: bool | None) -> nn.Module:
+def _reference(info: CheckpointSpec, sd: Mapping[str, torch.Tensor], transform_input: bool | None) -> nn.Module:
     """torchvision's model for these weights, on the meta device (no memory, no initialisation)."""
     kwargs = {}
     if info.name == "googlenet":
         kwargs["aux_logits"] = any(k.startswith("aux1.") for k in sd)
         kwargs["transform_input"] = True if transform_input is None else transform_input
     with torch.device("meta"):
-        return info.torchvision_model(num_classes=_num_classes(info, sd), **kwargs)
+        return torchvision_model(info, num_classes=_num_classes(info, sd), **kwargs)
 
 
 def _mismatch(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> list[str]:
@@ -101,13 +152,14 @@ def _mismatch(expected: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tenso
 
 def _matching_archs(sd: Mapping[str, torch.Tensor]) -> list[str]:
     found = []
-    for info in ARCHS.values():
-        if info.convertible and not _mismatch(_reference(info, sd, None).state_dict(), sd):
+    for name in convertible_archs():
+        info = get_checkpoint_spec(name)
+        if not _mismatch(_reference(info, sd, None).state_dict(), sd):
             found.append(info.name)
     return found
 
 
-def _check_weights(info: ArchInfo, sd: Mapping[str, torch.Tensor], ref: nn.Module, source: str) -> None:
+def _check_weights(info: CheckpointSpec, sd: Mapping[str, torch.Tensor], ref: nn.Module, source: str) -> None:
     problems = _mismatch(ref.state_dict(), sd)
     if problems:
         guess = [a for a in _matching_archs(sd) if a != info.name]
@@ -118,7 +170,7 @@ def _check_weights(info: ArchInfo, sd: Mapping[str, torch.Tensor], ref: nn.Modul
 
 # --- conversion ------------------------------------------------------------------------------------------------
 
-def _verify(info: ArchInfo, hf_model: nn.Module, ref: nn.Module) -> None:
+def _verify(info: CheckpointSpec, hf_model: nn.Module, ref: nn.Module) -> None:
     """Both models (sharing their tensors) must give the same logits on a random 64-px batch, or nothing is written."""
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -131,7 +183,7 @@ def _verify(info: ArchInfo, hf_model: nn.Module, ref: nn.Module) -> None:
                               f"{diff:.3g}); nothing was written. Please report this as a bug.")
 
 
-def _reset_heads(info: ArchInfo, model: PreTrainedModel, num_labels: int) -> None:
+def _reset_heads(info: CheckpointSpec, model: PreTrainedModel, num_labels: int) -> None:
     """Fresh output layer(s) for `num_labels` classes (the model's own initialisation); the rest is untouched."""
     paths = list(info.hf_heads)
     if info.model_type == "googlenet" and model.config.aux_logits:
@@ -177,7 +229,7 @@ def convert_torchvision(
         overwrite: replace an existing non-empty `output_dir`.
         push_to_hub: also upload the directory to this Hub repo id.
     """
-    info = get_arch_info(arch, convertible=True)
+    info = get_checkpoint_spec(arch, convertible=True)
     if info.name != "googlenet" and (transform_input is not None or drop_aux_classifiers):
         raise ValueError("transform_input / drop_aux_classifiers apply to googlenet only.")
     output_dir = _check_output(output_dir, overwrite)
@@ -193,7 +245,7 @@ def convert_torchvision(
     family = {}
     if info.name == "googlenet":
         family = dict(aux_logits=bool(ref.aux_logits), transform_input=bool(ref.transform_input))
-    config = info.make_config(num_labels=file_classes, **family)
+    config = make_config(info, num_labels=file_classes, **family)
     cls = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING[type(config)]
     with torch.device("meta"):
         model = cls(config)
@@ -210,12 +262,10 @@ def convert_torchvision(
     if num_labels is not None and num_labels != file_classes:
         _reset_heads(info, model, num_labels)
         logger.info("%s: new %d-label classifier (the weights have %d classes).", info.name, num_labels, file_classes)
-    _set_labels(model, info.imagenet_labels() if model.config.num_labels == 1000 == file_classes else None)
-    from ..modeling import CONFIG_KEY, tf_style_batchnorms
-
+    _set_labels(model, imagenet_labels(info) if model.config.num_labels == 1000 == file_classes else None)
     if tf_style_batchnorms(model):  # a TensorFlow-style port (MobileNetV2) of weights trained with PyTorch's 0.1
         model.config.update({CONFIG_KEY: {"batch_norm_momentum": 0.1}})
-    processor = info.image_processor()
+    processor = image_processor(info)
     _write(output_dir, model, processor, overwrite)
     if push_to_hub:
         _push(output_dir, push_to_hub)
@@ -237,7 +287,7 @@ def init_checkpoint(
 
     Defaults: 1000 labels, 3 channels, 224 px (LeNet-5: 10 labels, 1 channel, 32 px).
     """
-    info = get_arch_info(arch)
+    info = get_checkpoint_spec(arch)
     output_dir = _check_output(output_dir, overwrite)
     for name, value in (("num_labels", num_labels), ("num_channels", num_channels), ("image_size", image_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -245,12 +295,12 @@ def init_checkpoint(
     minimum = get_arch(info.model_type).min_image_size
     if image_size is not None and image_size < minimum:
         raise ValueError(f"image_size={image_size} is below the minimum of {minimum} px for {arch}.")
-    config = info.make_config(num_labels=num_labels, num_channels=num_channels, image_size=image_size)
+    config = make_config(info, num_labels=num_labels, num_channels=num_channels, image_size=image_size)
     if seed is not None:
         torch.manual_seed(seed)
     model = AutoModelForImageClassification.from_config(config)
     _set_labels(model, None)
-    processor = info.image_processor(image_size=image_size, num_channels=num_channels)
+    processor = image_processor(info, image_size=image_size, num_channels=num_channels)
     _write(output_dir, model, processor, overwrite)
     if push_to_hub:
         _push(output_dir, push_to_hub)
@@ -258,7 +308,7 @@ def init_checkpoint(
 
 
 def _push(output_dir: Path, repo_id: str) -> None:
-    from ..hub import push_output_dir  # HubPushError on failure: the written directory stays, with a retry hint
+    from .hub import push_output_dir  # HubPushError on failure: the written directory stays, with a retry hint
 
     push_output_dir(output_dir, repo_id, commit_message="Upload checkpoint written by hf-transfer-cnn")
 
