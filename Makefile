@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: setup

@@ -18,6 +18,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from .validation import is_positive_int
+
 __all__ = ["main", "build_parser", "predict", "add_convert_command", "add_init_command", "add_predict_command",
            "add_push_command"]
 
@@ -29,7 +31,7 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
+    if not is_positive_int(value):
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
 
@@ -41,7 +43,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                               transform_input=False if args.no_transform_input else None,
                               drop_aux_classifiers=args.drop_aux_classifiers, overwrite=args.overwrite,
                               push_to_hub=args.push_to_hub)
-    print(f"Wrote {args.arch} checkpoint to {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    pushed = f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""
+    print(f"Wrote {args.arch} checkpoint to {out}{pushed}")
     return 0
 
 
@@ -116,7 +119,8 @@ def add_push_command(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def predict(model_name_or_path: str, images: Sequence[str], top_k: int = 5, **hub_kwargs) -> list[list[tuple[str, float]]]:
+def predict(model_name_or_path: str, images: Sequence[str], top_k: int = 5,
+            **hub_kwargs) -> list[list[tuple[str, float]]]:
     """Top-k (label, probability) for each image file, preprocessed exactly as the recipe's evaluation does."""
     import torch
 

@@ -27,11 +27,12 @@ from .model import CONFIG_KEY, tf_style_batchnorms
 from .processing import torchvision_eval_processor
 from .registry import (CheckpointSpec, UnknownArchError, checkpoint_names, get_arch, get_checkpoint_spec, get_module,
                        set_module)
+from .validation import check_positive_int
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ConversionError", "UnknownArchError", "convert_torchvision", "init_checkpoint", "load_torchvision_state_dict",
-           "convertible_archs", "init_archs"]
+__all__ = ["ConversionError", "UnknownArchError", "convert_torchvision", "init_checkpoint",
+           "load_torchvision_state_dict", "convertible_archs", "init_archs"]
 
 _VERIFY_TOLERANCE = 1e-5
 
@@ -233,8 +234,7 @@ def convert_torchvision(
     if info.name != "googlenet" and (transform_input is not None or drop_aux_classifiers):
         raise ValueError("transform_input / drop_aux_classifiers apply to googlenet only.")
     output_dir = _check_output(output_dir, overwrite)
-    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1):
-        raise ValueError(f"num_labels={num_labels!r}; use a positive integer.")
+    check_positive_int("num_labels", num_labels, optional=True)
     sd = load_torchvision_state_dict(weights_path)
     ref = _reference(info, sd, transform_input)
     _check_weights(info, sd, ref, repr(str(weights_path)))
@@ -290,8 +290,7 @@ def init_checkpoint(
     info = get_checkpoint_spec(arch)
     output_dir = _check_output(output_dir, overwrite)
     for name, value in (("num_labels", num_labels), ("num_channels", num_channels), ("image_size", image_size)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name}={value!r}; use a positive integer.")
+        check_positive_int(name, value, optional=True)
     minimum = get_arch(info.model_type).min_image_size
     if image_size is not None and image_size < minimum:
         raise ValueError(f"image_size={image_size} is below the minimum of {minimum} px for {arch}.")

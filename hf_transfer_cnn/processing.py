@@ -148,7 +148,8 @@ def _size_get(size: Any, key: str):
     return getattr(size, key, None)
 
 
-def processor_sizes(image_processor: Any, image_size: int | None = None) -> tuple[tuple[int, int], int | tuple[int, int]]:
+def processor_sizes(image_processor: Any,
+                    image_size: int | None = None) -> tuple[tuple[int, int], int | tuple[int, int]]:
     """``(crop_hw, resize)`` the evaluation transform uses: Resize(resize) then CenterCrop(crop_hw).
 
     `resize` is an int (shortest edge, aspect kept) or ``(h, w)``. Follows the processor: ``shortest_edge`` S

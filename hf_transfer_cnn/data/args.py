@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..validation import check_probability
+from ..validation import check_positive_int, check_probability
 
 # --- arguments ------------------------------------------------------------------------------------
 
@@ -18,7 +18,8 @@ class DataArguments:
         "A Hub dataset id, a local dataset directory (parquet/arrow/csv/json files or an imagefolder layout "
         "with train/validation subfolders), a local data file, or a directory written by save_to_disk. "
         "Mutually exclusive with --train_dir.")})
-    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset configuration name (Hub datasets)."})
+    dataset_config_name: str | None = field(default=None, metadata={
+        "help": "The dataset configuration name (Hub datasets)."})
     train_dir: str | None = field(default=None, metadata={"help": (
         "A folder of class subfolders (train_dir/<label>/<image>, labels from folder names) or a "
         "save_to_disk directory. Mutually exclusive with --dataset_name.")})
@@ -40,7 +41,8 @@ class DataArguments:
     on_bad_image: Literal["skip", "error"] = field(default="skip", metadata={"help": (
         "What to do with unreadable (corrupt, truncated) images: 'skip' drops them before training and logs "
         "how many; 'error' stops with the file name.")})
-    split_seed: int = field(default=42, metadata={"help": "Seed for the validation split and the max_*_samples subsets."})
+    split_seed: int = field(default=42, metadata={
+        "help": "Seed for the validation split and the max_*_samples subsets."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": (
         "Threads used to check that every image decodes (default: up to 4, bounded by the CPU count).")})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Cache directory for datasets.load_dataset."})
@@ -51,9 +53,8 @@ class DataArguments:
         if self.train_val_split is not None and not 0.0 <= float(self.train_val_split) < 1.0:
             raise ValueError(f"train_val_split={self.train_val_split}; use a fraction in [0, 1) (0 = no eval set).")
         for name in ("max_train_samples", "max_eval_samples"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"{name}={v!r}; use a positive integer or leave it unset.")
+            check_positive_int(name, getattr(self, name), optional=True,
+                               hint="use a positive integer or leave it unset")
 
 @dataclass
 class TransformArguments:

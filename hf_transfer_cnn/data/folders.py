@@ -17,8 +17,9 @@ def _safe_dirname(name: str) -> str:
     return safe or "_"
 
 
-def write_imagefolder(root: str | os.PathLike, images: Any, labels: Sequence[int], label_names: Sequence[str] | None = None,
-                      split: str | None = "train", fmt: str = "png") -> str:
+def write_imagefolder(root: str | os.PathLike, images: Any, labels: Sequence[int],
+                      label_names: Sequence[str] | None = None, split: str | None = "train",
+                      fmt: str = "png") -> str:
     """Write images as ``root/<split>/<label name>/<index>.<fmt>``; returns the split folder.
 
     `images`: an array ``[N, H, W]`` / ``[N, H, W, C]`` (uint8, or anything PIL's ``fromarray`` takes) or a

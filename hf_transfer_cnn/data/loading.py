@@ -80,10 +80,8 @@ def _load_imagefolder(files: dict[str, str], cache_dir: str | None) -> dict:
     return dict(loaded)
 
 
-def _load_sources(args: DataArguments) -> tuple[dict, str]:
-    """``(splits, description)``: split name -> Dataset, and the source for messages."""
-    import datasets
-
+def _check_source_args(args: DataArguments) -> None:
+    """Exactly one source: dataset_name, or train_dir (+ validation_dir)."""
     if args.dataset_name and (args.train_dir or args.validation_dir):
         raise ValueError(
             f"Both dataset_name={args.dataset_name!r} and train_dir/validation_dir were given; use one source: "
@@ -94,48 +92,62 @@ def _load_sources(args: DataArguments) -> tuple[dict, str]:
     if not args.dataset_name and not args.train_dir:
         raise ValueError("No data source given: set dataset_name (a Hub id, a local dataset directory or file, or a "
                          "save_to_disk directory) or train_dir (a folder of class subfolders).")
-    separate: dict = {}
-    if args.dataset_name:
-        name = os.path.expanduser(args.dataset_name)
-        if _is_saved_dataset_dir(name):
-            return _load_saved(name), f"saved dataset {name!r}"
-        ext = os.path.splitext(name)[1].lower()
-        if os.path.isfile(name) and ext in _DATA_FILE_BUILDERS:
-            loaded = datasets.load_dataset(_DATA_FILE_BUILDERS[ext], data_files={args.train_split_name: name},
-                                           cache_dir=args.dataset_cache_dir)
-            return dict(loaded), f"data file {name!r}"
-        try:
-            loaded = datasets.load_dataset(name if os.path.exists(name) else args.dataset_name,
-                                           args.dataset_config_name, cache_dir=args.dataset_cache_dir)
-        except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
-            raise ValueError(f"Could not load dataset {args.dataset_name!r}: {err}\nGive an existing local path or a "
-                             "Hub dataset id (Hub access needs network; HF_DATASETS_OFFLINE=1 blocks it).") from err
-        except ValueError as err:  # e.g. a missing config name, or 'Instruction "train" corresponds to no data!'
-            hint = " (a split is empty: every split needs at least one example)" if "no data" in str(err) else ""
-            raise ValueError(f"Could not load dataset {args.dataset_name!r}: {err}{hint}") from err
-        if not isinstance(loaded, (datasets.DatasetDict, datasets.Dataset)):
-            raise ValueError(f"dataset {args.dataset_name!r} loaded as {type(loaded).__name__}; streaming/iterable "
-                             "datasets are not supported.")
-        splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
-        return splits, f"dataset {args.dataset_name!r}"
+
+
+def _load_named(args: DataArguments) -> tuple[dict, str]:
+    """``dataset_name``: a save_to_disk directory, a data file, a local dataset or a Hub id."""
+    import datasets
+
+    name = os.path.expanduser(args.dataset_name)
+    if _is_saved_dataset_dir(name):
+        return _load_saved(name), f"saved dataset {name!r}"
+    ext = os.path.splitext(name)[1].lower()
+    if os.path.isfile(name) and ext in _DATA_FILE_BUILDERS:
+        loaded = datasets.load_dataset(_DATA_FILE_BUILDERS[ext], data_files={args.train_split_name: name},
+                                       cache_dir=args.dataset_cache_dir)
+        return dict(loaded), f"data file {name!r}"
+    try:
+        loaded = datasets.load_dataset(name if os.path.exists(name) else args.dataset_name,
+                                       args.dataset_config_name, cache_dir=args.dataset_cache_dir)
+    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise ValueError(f"Could not load dataset {args.dataset_name!r}: {err}\nGive an existing local path or a "
+                         "Hub dataset id (Hub access needs network; HF_DATASETS_OFFLINE=1 blocks it).") from err
+    except ValueError as err:  # e.g. a missing config name, or 'Instruction "train" corresponds to no data!'
+        hint = " (a split is empty: every split needs at least one example)" if "no data" in str(err) else ""
+        raise ValueError(f"Could not load dataset {args.dataset_name!r}: {err}{hint}") from err
+    if not isinstance(loaded, (datasets.DatasetDict, datasets.Dataset)):
+        raise ValueError(f"dataset {args.dataset_name!r} loaded as {type(loaded).__name__}; streaming/iterable "
+                         "datasets are not supported.")
+    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    return splits, f"dataset {args.dataset_name!r}"
+
+
+def _saved_eval_split(val_dir: str, args: DataArguments):
+    """The evaluation split of a save_to_disk `validation_dir`: eval_split_name, a usual name, or its only split."""
+    saved = _load_saved(val_dir)
+    pick = next((s for s in (args.eval_split_name, *EVAL_SPLIT_CANDIDATES) if s and s in saved), None)
+    if pick is None and len(saved) == 1:
+        pick = next(iter(saved))
+    if pick is None:
+        raise ValueError(f"validation_dir={val_dir!r} holds splits {list(saved)}; set eval_split_name to the "
+                         "one to evaluate on.")
+    return saved[pick]
+
+
+def _load_dirs(args: DataArguments) -> tuple[dict, str]:
+    """``train_dir`` (+ ``validation_dir``): image folders or save_to_disk directories, in any combination."""
     train_dir = os.path.expanduser(args.train_dir)
     val_dir = os.path.expanduser(args.validation_dir) if args.validation_dir else None
     folders: dict[str, str] = {}
     splits: dict = {}
+    separate: dict = {}
     if _is_saved_dataset_dir(train_dir):
         splits = _load_saved(train_dir)
     else:
         folders[args.train_split_name] = train_dir
     if val_dir:
         if _is_saved_dataset_dir(val_dir):
-            saved = _load_saved(val_dir)
-            pick = next((s for s in (args.eval_split_name, *EVAL_SPLIT_CANDIDATES) if s and s in saved), None)
-            if pick is None and len(saved) == 1:
-                pick = next(iter(saved))
-            if pick is None:
-                raise ValueError(f"validation_dir={val_dir!r} holds splits {list(saved)}; set eval_split_name to the "
-                                 "one to evaluate on.")
-            separate["validation"] = saved[pick]
+            separate["validation"] = _saved_eval_split(val_dir, args)
         elif folders:  # two image folders: load together so both get the same class list
             folders["validation"] = val_dir
         else:
@@ -145,6 +157,12 @@ def _load_sources(args: DataArguments) -> tuple[dict, str]:
     splits.update(separate)
     desc = f"train_dir {train_dir!r}" + (f" / validation_dir {val_dir!r}" if val_dir else "")
     return splits, desc
+
+
+def _load_sources(args: DataArguments) -> tuple[dict, str]:
+    """``(splits, description)``: split name -> Dataset, and the source for messages."""
+    _check_source_args(args)
+    return _load_named(args) if args.dataset_name else _load_dirs(args)
 
 
 def _pick_splits(splits: dict, args: DataArguments, desc: str, from_val_dir: bool) -> tuple[Any, Any, str | None]:

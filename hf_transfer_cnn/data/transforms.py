@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from ..processing import channel_values, processor_sizes, resize_interpolation
-from ..validation import check_probability
+from ..validation import check_positive_int, check_probability
 from .images import cell_path, convert_image
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,7 @@ def build_transforms(
     """
     from torchvision.transforms import v2
 
-    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-        raise ValueError(f"num_channels={num_channels!r}; use a positive integer (1 = grayscale, 3 = RGB).")
+    check_positive_int("num_channels", num_channels, hint="use a positive integer (1 = grayscale, 3 = RGB)")
     crop_hw, resize = processor_sizes(image_processor, image_size)
     base = 1 if num_channels < 3 else 3
     normalizing = not (getattr(image_processor, "do_normalize", True) is False and mean is None and std is None)

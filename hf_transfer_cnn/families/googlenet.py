@@ -28,6 +28,7 @@ FAMILY = register_family(Family(
              head="googlenet.fc", min_image_size=32),
     config_class=GoogLeNetConfig, model_class=GoogLeNetForImageClassification,
     checkpoints=(CheckpointSpec("googlenet", "googlenet", dict(aux_logits=True, transform_input=False),
-                                head_weight="fc.weight", hf_heads=("googlenet.fc",), map_state_dict=map_prefix("googlenet"),
+                                head_weight="fc.weight", hf_heads=("googlenet.fc",),
+                                map_state_dict=map_prefix("googlenet"),
                                 torchvision_kwargs=dict(transform_input=True, aux_logits=True, init_weights=False)),),
 ))

@@ -21,6 +21,8 @@ Head dropout is timm's: the ``ClassifierHead``'s or a top-level dropout module a
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -78,19 +80,53 @@ def _has_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters())
 
 
-def timm_arch_spec(model: nn.Module) -> ArchSpec:
-    """The stage map of one TimmWrapper model (`model.timm_model`), checked against timm's forward."""
-    timm_model = getattr(model, _ROOT, None)
-    name = getattr(getattr(model, "config", None), "architecture", type(timm_model).__name__)
-    if timm_model is None:
-        raise UnsupportedTimmModelError(f"{type(model).__name__} has no `timm_model`; is it a TimmWrapper model?")
-
+def _refuser(name: str) -> Callable[[str], UnsupportedTimmModelError]:
+    """`refuse(why)`: the error for timm model `name`, with what is supported."""
     def refuse(why: str) -> UnsupportedTimmModelError:
         return UnsupportedTimmModelError(
             f"timm model {name!r} is not supported by TransferModel: {why}. Supported are timm CNNs laid out as "
             "stem -> stages -> [neck] -> global_pool -> classifier (ResNet, EfficientNet, RegNet, ...)."
         )
+    return refuse
 
+
+@dataclass(frozen=True)
+class _Head:
+    """Where a timm model pools and classifies (paths below ``timm_model``, except `dropout`: from the root)."""
+
+    classifier: str
+    first_conv: str
+    parent: str
+    """The ``ClassifierHead`` holding pool and classifier, or "" when they sit at the top."""
+    pool: str
+    after_pool: tuple[str, ...]
+    """Top-level dropouts after the pool (no ``ClassifierHead``)."""
+    dropout: str | None
+    drop_rate: float
+
+    @property
+    def excluded(self) -> set[str]:
+        """Modules that are not part of the stem -> stages -> neck chain."""
+        return {self.parent} if self.parent else {"global_pool", self.classifier, *self.after_pool}
+
+
+def _head_dropout(timm_model: nn.Module, head_parent: str, owner: nn.Module,
+                  refuse) -> tuple[str | None, tuple[str, ...]]:
+    """``(dropout path, top-level dropouts after pooling)``: a ClassifierHead's ``drop``, or one after the pool."""
+    if head_parent:
+        drop = getattr(owner, "drop", None)
+        return (f"{_ROOT}.{head_parent}.drop" if isinstance(drop, nn.Dropout) else None), ()
+    # pool, dropout and classifier at the top (DenseNet's head_drop): the dropout acts on pooled features
+    names = [n for n, _ in timm_model.named_children()]
+    after_pool = [n for n in names[names.index("global_pool") + 1:]
+                  if isinstance(getattr(timm_model, n), nn.Dropout)] if "global_pool" in names else []
+    if len(after_pool) > 1:
+        raise refuse(f"it applies several dropouts after pooling ({', '.join(after_pool)})")
+    return (f"{_ROOT}.{after_pool[0]}" if after_pool else None), tuple(after_pool)
+
+
+def _read_head(timm_model: nn.Module, refuse) -> _Head:
+    """Pool, dropout, classifier and first conv from ``pretrained_cfg``, checked to be what TransferModel runs."""
     cfg = dict(getattr(timm_model, "pretrained_cfg", None) or {})
     classifier, first_conv = cfg.get("classifier"), cfg.get("first_conv")
     if not isinstance(classifier, str) or not isinstance(first_conv, str):
@@ -99,38 +135,24 @@ def timm_arch_spec(model: nn.Module) -> ArchSpec:
     owner = get_module(timm_model, head_parent) if head_parent else timm_model
     if not isinstance(getattr(owner, "global_pool", None), nn.Module):
         raise refuse(f"no `global_pool` next to its classifier {classifier!r}")
-    pool = f"{head_parent}.global_pool" if head_parent else "global_pool"
     if head_parent:  # a ClassifierHead: pool -> [dropout] -> classifier, nothing else that computes
         leaf = classifier.rpartition(".")[2]
         extra = [n for n, m in owner.named_children()
                  if n not in ("global_pool", "drop", leaf) and not isinstance(m, (nn.Identity, nn.Flatten, nn.Dropout))]
         if extra:
             raise refuse(f"its head {head_parent!r} applies {', '.join(extra)} between pooling and the classifier")
-    if head_parent:
-        drop = getattr(owner, "drop", None)
-        head_dropout = f"{_ROOT}.{head_parent}.drop" if isinstance(drop, nn.Dropout) else None
-        after_pool = []
-    else:  # pool, dropout and classifier at the top (DenseNet's head_drop): the dropout acts on pooled features
-        names = [n for n, _ in timm_model.named_children()]
-        after_pool = [n for n in names[names.index("global_pool") + 1:]
-                      if isinstance(getattr(timm_model, n), nn.Dropout)] if "global_pool" in names else []
-        head_dropout = f"{_ROOT}.{after_pool[0]}" if len(after_pool) == 1 else None
-        if len(after_pool) > 1:
-            raise refuse(f"it applies several dropouts after pooling ({', '.join(after_pool)})")
-    drop_rate = 0.0 if head_dropout else float(getattr(timm_model, "drop_rate", 0.0) or 0.0)
+    dropout, after_pool = _head_dropout(timm_model, head_parent, owner, refuse)
+    drop_rate = 0.0 if dropout else float(getattr(timm_model, "drop_rate", 0.0) or 0.0)
     if not isinstance(get_module(timm_model, classifier), nn.Linear):
         raise refuse(f"its classifier {classifier!r} is not a Linear layer")
     if not isinstance(get_module(timm_model, first_conv), nn.Conv2d):
         raise refuse(f"its first conv {first_conv!r} is not a Conv2d")
+    pool = f"{head_parent}.global_pool" if head_parent else "global_pool"
+    return _Head(classifier, first_conv, head_parent, pool, after_pool, dropout, drop_rate)
 
-    features = _feature_modules(timm_model)
-    if not features:
-        raise refuse("it has no feature_info")
-    feature_paths = [f for f, _ in features]
-    exclude = {head_parent} if head_parent else {"global_pool", classifier, *after_pool}
-    pieces = _pieces(timm_model, exclude, feature_paths)
 
-    # stem: leading pieces matched by timm's group_matcher (param-free pieces in between join it)
+def _stem_end(timm_model: nn.Module, pieces: list[tuple[str, nn.Module]], features: dict[str, int], refuse) -> int:
+    """How many leading pieces form the stem: those timm's group_matcher names (param-free pieces in between join)."""
     stem_end = 0
     regex = _stem_regex(timm_model)
     if regex:
@@ -140,30 +162,51 @@ def timm_arch_spec(model: nn.Module) -> ArchSpec:
             elif _has_params(m):
                 break
     if stem_end == 0:  # fallback: everything before the first feature module (inclusive if it is the stem output)
-        first = next((i for i, (p, _) in enumerate(pieces) if p in feature_paths), None)
+        first = next((i for i, (p, _) in enumerate(pieces) if p in features), None)
         if first is None:
             raise refuse("none of its feature_info modules is part of its forward chain")
-        stem_end = first + 1 if dict(features)[pieces[first][0]] <= 2 else first
-    stem, body = pieces[:stem_end], pieces[stem_end:]
+        stem_end = first + 1 if features[pieces[first][0]] <= 2 else first
+    return stem_end
 
+
+def _split_stages(body: list[tuple[str, nn.Module]], features: dict[str, int],
+                  refuse) -> tuple[list[list[str]], list[str]]:
+    """``(stages, neck)``: a stage ends at each feature_info module; what follows the last one is the neck."""
     stages: list[list[str]] = []
     current: list[str] = []
     for path, _ in body:
         current.append(path)
-        if path in feature_paths:
+        if path in features:
             stages.append(current)
             current = []
-    neck = current
     if not stages:
         raise refuse("no feature_info module follows its stem")
+    return stages, current
+
+
+def timm_arch_spec(model: nn.Module) -> ArchSpec:
+    """The stage map of one TimmWrapper model (`model.timm_model`), checked against timm's forward."""
+    timm_model = getattr(model, _ROOT, None)
+    name = getattr(getattr(model, "config", None), "architecture", type(timm_model).__name__)
+    if timm_model is None:
+        raise UnsupportedTimmModelError(f"{type(model).__name__} has no `timm_model`; is it a TimmWrapper model?")
+    refuse = _refuser(name)
+    head = _read_head(timm_model, refuse)
+    reductions = _feature_modules(timm_model)
+    features = dict(reductions)
+    if not features:
+        raise refuse("it has no feature_info")
+    pieces = _pieces(timm_model, head.excluded, list(features))
+    stem_end = _stem_end(timm_model, pieces, features, refuse)
+    stages, neck = _split_stages(pieces[stem_end:], features, refuse)
 
     p = lambda path: f"{_ROOT}.{path}"  # noqa: E731
     spec = ArchSpec(
-        model_type=MODEL_TYPE, stem=tuple(p(s) for s, _ in stem), stages=_ROOT,
+        model_type=MODEL_TYPE, stem=tuple(p(s) for s, _ in pieces[:stem_end]), stages=_ROOT,
         stage_paths=tuple(tuple(p(s) for s in stage) for stage in stages), neck=tuple(p(s) for s in neck),
-        first_conv=p(first_conv), pooler=p(pool), head_dropout=head_dropout, head_dropout_rate=drop_rate,
-        head=p(classifier),
-        min_image_size=max(32, max(r for _, r in features)), standardized_stem=True, channels_keys=_CHANNELS_KEYS,
+        first_conv=p(head.first_conv), pooler=p(head.pool), head_dropout=head.dropout,
+        head_dropout_rate=head.drop_rate, head=p(head.classifier),
+        min_image_size=max(32, max(r for _, r in reductions)), standardized_stem=True, channels_keys=_CHANNELS_KEYS,
     )
     _check_chain(model, spec, refuse)
     if getattr(model.config, "num_channels", None) is None:

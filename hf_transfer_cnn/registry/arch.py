@@ -148,7 +148,8 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     """Resolve a dotted attribute path (`"resnet.encoder.stages"`) below `root`."""
     mod = root
     for part in path.split("."):
-        mod = mod[int(part)] if part.isdigit() and isinstance(mod, (nn.ModuleList, nn.Sequential)) else getattr(mod, part)
+        indexed = part.isdigit() and isinstance(mod, (nn.ModuleList, nn.Sequential))
+        mod = mod[int(part)] if indexed else getattr(mod, part)
     return mod
 
 

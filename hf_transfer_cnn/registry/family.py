@@ -2,9 +2,23 @@
 
 A `Family` names its stage map (`ArchSpec`), the model classes it defines (if any; registered with transformers'
 Auto classes), and the checkpoints ``init``/``convert`` can write (`CheckpointSpec`: config values, torchvision
-counterpart, state-dict mapping, processor quirk). Adding a family is one `register_family` call in one file; the
-rest of the package reads these facts and never names a family. This module imports nothing else of the package
-except its sibling `arch`.
+counterpart, state-dict mapping, processor quirk). The rest of the package reads these facts and never names a
+family.
+
+Adding a family is one file with one call::
+
+    from hf_transfer_cnn import ArchSpec, Family, register_family
+
+    register_family(Family(
+        ArchSpec("my_cnn", stem=("stem",), stages="stages", first_conv="stem.0", pooler="pooler"),
+        config_class=MyCNNConfig, model_class=MyCNNForImageClassification,  # only for a model type of your own
+    ))
+
+In this package that file is ``families/<name>.py`` (imported with the package); elsewhere it is any module
+imported before the checkpoint is loaded. A model type transformers itself defines is never re-registered with the
+Auto classes (transformers' own classes keep loading it), so for such types give the stage map only.
+
+This module imports nothing else of the package except its sibling `arch`.
 """
 
 from __future__ import annotations

@@ -98,7 +98,8 @@ class LeNet5Model(LeNet5PreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **kwargs) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         x = self.stem(pixel_values)
         hidden = [x]
