@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         export_digits(data)
     print(f"Dataset: {source}")
 
-    from hf_transfer_cnn.recipe.run import parse_recipe_args, run_finetune
+    from hf_transfer_cnn.recipe import parse_recipe_args, run_finetune
 
     config = ROOT / "recipes" / "quickstart.yaml"
     run_dir = out / "quickstart"

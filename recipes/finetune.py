@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 
-from hf_transfer_cnn.recipe.run import parse_recipe_args, run_finetune
+from hf_transfer_cnn.recipe import parse_recipe_args, run_finetune
 from hf_transfer_cnn.hub import HubPushError
 
 

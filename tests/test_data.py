@@ -287,9 +287,9 @@ def test_plain_int_or_string_labels_are_stratified_and_home_paths_resolve(tmp_pa
         assert not set(_ids(train)) & set(_ids(evaluation))
         seen.add(tuple(sorted(_ids(evaluation))))
     assert len(seen) > 1  # the seed matters
-    from hf_transfer_cnn.recipe.run import _dataset_title
+    from hf_transfer_cnn.recipe.publish import dataset_title
 
-    assert _dataset_title(DataArguments(dataset_name="~/pq")) == "pq"  # the model card's name, not "~/pq"
+    assert dataset_title(DataArguments(dataset_name="~/pq")) == "pq"  # the model card's name, not "~/pq"
 
 
 def test_parquet_directory_via_dataset_name(tmp_path):
@@ -453,7 +453,7 @@ def test_random_erasing():
 def test_normalisation_stats_length():
     """mean/std take 1 value, one per channel, or RGB's 3 (averaged for gray); other lengths are refused, and the
     processor a recipe saves holds the per-channel values its transforms used."""
-    from hf_transfer_cnn.recipe.run import _with_stats
+    from hf_transfer_cnn.recipe.prepare import with_stats as _with_stats
 
     for channels, mean in ((3, [0.1, 0.2, 0.3, 0.4]), (3, [0.1, 0.2]), (1, [0.1, 0.2]), (4, [0.1, 0.2])):
         with pytest.raises(ValueError, match=f"mean has {len(mean)} values for a {channels}-channel model"):

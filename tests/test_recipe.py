@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from hf_transfer_cnn import TransferModel
-from hf_transfer_cnn.recipe.run import parse_recipe_args, run_finetune
+from hf_transfer_cnn.recipe import parse_recipe_args, run_finetune
 from hf_transfer_cnn.hub import HubPushError, parse_card_metadata
 from hub_server import dead_hub, fake_hub  # noqa: F401 - pytest fixtures
 
@@ -258,7 +258,7 @@ def test_resuming_a_given_checkpoint_never_loses_other_checkpoints(tmp_path):
     (save_only_model) is refused: Trainer would restart the LR schedule and Adam's moments silently."""
     from types import SimpleNamespace
 
-    from hf_transfer_cnn.recipe.run import _move_aside, _resume_point
+    from hf_transfer_cnn.recipe.output import move_aside, resume_point
 
     out = tmp_path / "run"
     two, four = _fake_checkpoint(out / "checkpoint-2", 2), _fake_checkpoint(out / "checkpoint-4", 4)
@@ -266,45 +266,46 @@ def test_resuming_a_given_checkpoint_never_loses_other_checkpoints(tmp_path):
     args = lambda wanted: SimpleNamespace(output_dir=str(out), resume_from_checkpoint=wanted, process_index=0)  # noqa: E731
     before = _digest(out)
     with pytest.raises(ValueError, match=r"after checkpoint-2 .*: checkpoint-4\. Resume the newest"):
-        _resume_point(args(str(two)), False)
+        resume_point(args(str(two)), False)
     with pytest.raises(ValueError, match=r"of another run than .*checkpoint-3: checkpoint-2, checkpoint-4"):
-        _resume_point(args(str(other)), False)
+        resume_point(args(str(other)), False)
     assert _digest(out) == before
-    assert _resume_point(args(str(four)), False) == (str(four), [])  # the newest: nothing after it
-    assert _resume_point(args("last"), False) == (str(four), [])
-    resume, aside = _resume_point(args(str(two)), True)
+    assert resume_point(args(str(four)), False) == (str(four), [])  # the newest: nothing after it
+    assert resume_point(args("last"), False) == (str(four), [])
+    resume, aside = resume_point(args(str(two)), True)
     assert (resume, aside) == (str(two), [four]) and _digest(out) == before  # moved only once the run starts
-    _move_aside(args(str(two)), aside)
+    move_aside(args(str(two)), aside)
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
     aside = list(out.glob("overwritten-*/checkpoint-4"))
     assert len(aside) == 1 and (aside[0] / "model.safetensors").read_bytes() == b"weights at 4"
 
     light = _fake_checkpoint(tmp_path / "light" / "checkpoint-6", 6, optimizer=False)
     with pytest.raises(ValueError, match=r"holds no optimizer state .*--model_name_or_path .*checkpoint-6"):
-        _resume_point(SimpleNamespace(output_dir=str(tmp_path / "light"), resume_from_checkpoint="last",
-                                      process_index=0), False)
+        resume_point(SimpleNamespace(output_dir=str(tmp_path / "light"), resume_from_checkpoint="last",
+                                     process_index=0), False)
     with pytest.raises(ValueError, match="holds no optimizer state"):
-        _resume_point(SimpleNamespace(output_dir=str(tmp_path / "new"), resume_from_checkpoint=str(light),
-                                      process_index=0), False)
+        resume_point(SimpleNamespace(output_dir=str(tmp_path / "new"), resume_from_checkpoint=str(light),
+                                     process_index=0), False)
     with pytest.raises(ValueError, match="is not a directory"):
-        _resume_point(args(str(out / "checkpoint-9")), False)
+        resume_point(args(str(out / "checkpoint-9")), False)
 
 
 def test_resuming_with_another_length_keeps_the_default_unfreeze_step_or_says_so(tmp_path):
     """A checkpoint without the schedule record (FreezeScheduler's freeze_schedule.json): gradual without a trigger
     unfreezes at 30 % of the run, and resuming a 10-step run for 20 steps would move that step from 3 to 6 and
     refreeze stages trained since step 3. Refused with the explicit step that keeps it."""
-    from hf_transfer_cnn.recipe.run import ModelArguments, _keep_resumed_schedule
+    from hf_transfer_cnn.recipe import ModelArguments
+    from hf_transfer_cnn.recipe.plan import keep_resumed_schedule
 
     ckpt = str(_fake_checkpoint(tmp_path / "checkpoint-5", 5, max_steps=10))
     gradual = ModelArguments(model_name_or_path="x", strategy="gradual")
     with pytest.raises(ValueError, match=r"would move from 3 to 6.*--unfreeze_at_step 3 to keep it"):
-        _keep_resumed_schedule(gradual, ckpt, 20)
-    _keep_resumed_schedule(gradual, ckpt, 10)  # same length
-    _keep_resumed_schedule(gradual, ckpt, 11)  # same default step (round(3.3) == 3)
-    _keep_resumed_schedule(ModelArguments(model_name_or_path="x", strategy="gradual", unfreeze_at_step=3), ckpt, 20)
-    _keep_resumed_schedule(ModelArguments(model_name_or_path="x", strategy="full"), ckpt, 20)
-    _keep_resumed_schedule(gradual, None, 20)  # a fresh run
+        keep_resumed_schedule(gradual, ckpt, 20)
+    keep_resumed_schedule(gradual, ckpt, 10)  # same length
+    keep_resumed_schedule(gradual, ckpt, 11)  # same default step (round(3.3) == 3)
+    keep_resumed_schedule(ModelArguments(model_name_or_path="x", strategy="gradual", unfreeze_at_step=3), ckpt, 20)
+    keep_resumed_schedule(ModelArguments(model_name_or_path="x", strategy="full"), ckpt, 20)
+    keep_resumed_schedule(gradual, None, 20)  # a fresh run
 
 
 def test_best_model_card_describes_the_weights_it_ships(tiny_checkpoints, color_folder, tmp_path):
@@ -503,7 +504,7 @@ def test_beans_recipes_load_beans_columns_and_reach_every_phase(tmp_path):
     import datasets
 
     from hf_transfer_cnn.data import load_image_classification_data
-    from hf_transfer_cnn.recipe.run import _parse_schedule, _total_steps, build_freeze_plan
+    from hf_transfer_cnn.recipe.plan import build_freeze_plan, parse_schedule, total_steps
 
     names = ["angular_leaf_spot", "bean_rust", "healthy"]
     feats = datasets.Features({"image_file_path": datasets.Value("string"), "image": datasets.Image(),
@@ -524,10 +525,10 @@ def test_beans_recipes_load_beans_columns_and_reach_every_phase(tmp_path):
         data_args.dataset_name = str(stand_in)
         train, evaluation, id2label = load_image_classification_data(data_args)
         assert (len(train), len(evaluation), list(id2label.values())) == (9, 6, names)
-        total = _total_steps(training_args, BEANS_TRAIN_IMAGES)
+        total = total_steps(training_args, BEANS_TRAIN_IMAGES)
         build_freeze_plan(model_args, total)  # the strategy builds
         if model_args.schedule:
-            assert all(step < total for step, _ in _parse_schedule(model_args.schedule)), (path.name, total)
+            assert all(step < total for step, _ in parse_schedule(model_args.schedule)), (path.name, total)
 
 
 def _digest(folder: Path) -> str:
@@ -586,3 +587,14 @@ def test_recipe_script_reports_a_failed_push_without_traceback(monkeypatch, caps
     assert script["main"]([]) == 1
     err = capsys.readouterr().err
     assert err.strip() == f"error: {message}" and "Traceback" not in err
+
+
+def test_help_prints(capsys):
+    """--help lists every argument (a bare % in a help text made argparse crash)."""
+    from hf_transfer_cnn.recipe import parse_recipe_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_recipe_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "30% of the training steps" in out and "--model_name_or_path" in out and "--train_dir" in out

@@ -1,0 +1,185 @@
+"""The recipe's arguments: `ModelArguments`, the YAML/JSON ``--config`` file merged under the command line, and the
+checks of freeze options the chosen strategy would not use."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from ..data import DataArguments, TransformArguments
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ModelArguments", "STRATEGIES", "TRIGGERS", "GRADUAL_ONLY", "load_config_file", "parse_recipe_args",
+           "check_freeze_options"]
+
+STRATEGIES = ("feature_extraction", "fine_tuning", "gradual", "full")
+TRIGGERS = ("unfreeze_at_step", "unfreeze_at_epoch", "schedule")
+"""The `gradual` unfreeze triggers; they exclude each other."""
+GRADUAL_ONLY = (*TRIGGERS, "lr_factor")
+"""Options only `gradual` uses."""
+
+
+@dataclass
+class ModelArguments:
+    """What to fine-tune and how."""
+
+    model_name_or_path: str = field(metadata={"help": "Hub id or local directory of the pretrained checkpoint."})
+    strategy: Literal["feature_extraction", "fine_tuning", "gradual", "full"] = field(default="gradual", metadata={
+        "help": "feature_extraction: train the head only; fine_tuning: the top num_stages stages train from the "
+                "start; gradual: head first, then the top num_stages stages from unfreeze_at_step (FreezeScheduler); "
+                "full: everything trains."})
+    num_stages: str = field(default="2", metadata={
+        "help": "Top stages to train (fine_tuning/gradual): an int or 'all'."})
+    unfreeze_at_step: int | None = field(default=None, metadata={
+        "help": "gradual: optimizer step of the unfreeze (default: 30%% of the training steps)."})
+    unfreeze_at_epoch: float | None = field(default=None, metadata={"help": "gradual: unfreeze at this epoch instead."})
+    schedule: str | None = field(default=None, metadata={
+        "help": "gradual: multi-phase schedule 'step:stages,...', e.g. '0:0,300:2,900:all' (instead of the above; "
+                "one given on the command line replaces the config file's)."})
+    lr_factor: float = field(default=0.1, metadata={
+        "help": "gradual: every learning rate is multiplied by this from the first unfreeze on."})
+    stage_lr_decay: float | None = field(default=None, metadata={
+        "help": "Discriminative LR: top trainable stage gets this times the head's LR, each lower stage this times "
+                "the one above."})
+    num_channels: int | None = field(default=None, metadata={
+        "help": "Input channels (1 = grayscale); adapts the stem."})
+    image_size: int | None = field(default=None, metadata={"help": "Square input size (default: the checkpoint's)."})
+    head_hidden_sizes: str | None = field(default=None, metadata={
+        "help": "Hidden layers of a custom head, e.g. '512,256'."})
+    head_dropout: float = field(default=0.0, metadata={"help": "Dropout in a custom head."})
+    head_pooling: Literal["avg", "max", "concat"] = field(default="avg", metadata={"help": "Pooling before the head."})
+    cache_features: bool = field(default=False, metadata={
+        "help": "feature_extraction: compute backbone features once and train the head on them (needs augment=False)."})
+    expected_label_names: str | None = field(default=None, metadata={
+        "help": "Comma-separated class names the data must have, in id order (e.g. to continue training a fine-tuned "
+                "model, whose trained head is kept when its labels are these); other names, order or count are an "
+                "error."})
+    evaluate_before_training: bool = field(default=True, metadata={
+        "help": "Evaluate once before training (the 'before' column of the results)."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Start afresh in an output_dir that holds an earlier run's checkpoints (they are moved to an "
+                "overwritten-<time> folder in it, and its outputs replaced). Without it such a run is refused: "
+                "resume it (resume_from_checkpoint: last) or pick a new output_dir."})
+    model_revision: str = field(default="main", metadata={"help": "Checkpoint revision (branch, tag or commit)."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one / HF_TOKEN)."})
+
+    def head_spec(self) -> dict | None:
+        """The custom head for `TransferModel.from_pretrained`, or None for the default one."""
+        hidden = [int(h) for h in self.head_hidden_sizes.split(",") if h.strip()] if self.head_hidden_sizes else []
+        if not hidden and not self.head_dropout and self.head_pooling == "avg":
+            return None
+        return {"hidden_sizes": hidden, "dropout": self.head_dropout, "pooling": self.head_pooling}
+
+    def stages(self) -> int | str:
+        """`num_stages` as an int, or ``"all"``."""
+        value = str(self.num_stages).strip()
+        return "all" if value.lower() == "all" else int(value)
+
+    def expected_labels(self) -> dict[int, str] | None:
+        """`expected_label_names` as ``{id: name}``, or None when not given."""
+        if not self.expected_label_names:
+            return None
+        return {i: n.strip() for i, n in enumerate(self.expected_label_names.split(","))}
+
+
+def load_config_file(path: str) -> dict:
+    """The argument mapping of a YAML (``.yaml``/``.yml``) or JSON config file."""
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(data).__name__}.")
+    return data
+
+
+def parse_recipe_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TransformArguments, Any]:
+    """(model_args, data_args, transform_args, training_args) from ``--config FILE`` plus CLI overrides."""
+    from transformers import HfArgumentParser, TrainingArguments
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, TransformArguments, TrainingArguments))
+    cli = {a[2:].split("=", 1)[0].replace("-", "_") for a in rest if a.startswith("--")}
+    cfg = _config_defaults(parser, known.config, cli) if known.config else {}
+    model_args, data_args, transform_args, training_args = parser.parse_args_into_dataclasses(args=rest)
+    if model_args.strategy not in STRATEGIES:
+        raise ValueError(f"strategy={model_args.strategy!r}; use one of {', '.join(STRATEGIES)}.")
+    check_freeze_options(model_args, cli, {k for k, v in cfg.items() if v is not None}, known.config)
+    return model_args, data_args, transform_args, training_args
+
+
+def _config_defaults(parser, config: str, cli: set[str]) -> dict:
+    """Load `config` and make its values the parser's defaults (the command line still overrides them); returns
+    the file's mapping, less any unfreeze trigger that one on the command line replaces."""
+    cfg = load_config_file(config)
+    valid = {f.name for dc in parser.dataclass_types for f in fields(dc)}
+    unknown = sorted(set(cfg) - valid)
+    if unknown:
+        raise ValueError(f"Unknown argument(s) {unknown} in {config}. Valid names are the fields of "
+                         "ModelArguments, DataArguments, TransformArguments and TrainingArguments.")
+    if cli & set(TRIGGERS):  # an unfreeze trigger on the command line replaces the file's (they exclude)
+        for name in set(TRIGGERS) - cli:
+            if cfg.get(name) is not None:
+                logger.info("--%s on the command line replaces %s from %s.", sorted(cli & set(TRIGGERS))[0],
+                            name, config)
+                cfg[name] = None
+    for action in parser._actions:
+        if action.dest in cfg:
+            action.required = False
+    parser.set_defaults(**cfg)
+    return cfg
+
+
+def check_freeze_options(model_args: ModelArguments, cli: set[str], in_file: set[str], config: str | None) -> None:
+    """Options the chosen strategy would not use are an error when given on the command line, a logged warning
+    when they come from the config file (a shared recipe run with another --strategy); so are two triggers."""
+    unused = _unused_freeze_options(model_args, cli | in_file)
+    on_cli = [o for o in unused if o in cli]
+    if on_cli:
+        them = "them" if len(on_cli) > 1 else "it"
+        raise ValueError(f"{', '.join('--' + o for o in on_cli)}: {_why_unused(model_args.strategy, on_cli)}. "
+                         f"Drop {them}, or pick a strategy that uses {them}.")
+    if unused:
+        logger.warning("Ignoring %s from %s: %s.", ", ".join(unused), config, _why_unused(model_args.strategy, unused))
+        if "stage_lr_decay" in unused:  # dropped for this run, so that the card does not report it
+            model_args.stage_lr_decay = None
+
+
+def _unused_freeze_options(model_args: ModelArguments, given: set[str]) -> list[str]:
+    """The `given` options the strategy would not use (two `gradual` triggers are an error)."""
+    s = model_args.strategy
+    if s == "gradual":
+        triggers = [t for t in TRIGGERS if getattr(model_args, t) is not None]
+        if len(triggers) > 1:
+            raise ValueError(f"strategy=gradual takes one of unfreeze_at_step, unfreeze_at_epoch, schedule; got "
+                             f"{', '.join(f'{t}={getattr(model_args, t)!r}' for t in triggers)}. Keep one.")
+        return ["num_stages"] if triggers == ["schedule"] and "num_stages" in given else []
+    unused = [o for o in GRADUAL_ONLY if o in given]
+    if s in ("feature_extraction", "full") and "num_stages" in given:
+        unused.append("num_stages")
+    if s == "feature_extraction" and model_args.stage_lr_decay is not None:
+        unused.append("stage_lr_decay")
+    return unused
+
+
+def _why_unused(strategy: str, names: list[str]) -> str:
+    if strategy == "gradual":
+        return "schedule sets the stage counts"
+    them = "them" if len(names) > 1 else "it"
+    return f"strategy={strategy} does not use {them}" + (
+        "; unfreeze_at_step, unfreeze_at_epoch, schedule and lr_factor belong to strategy=gradual"
+        if set(names) & set(GRADUAL_ONLY) else "") + (
+        "; stage_lr_decay sets backbone stages' learning rates, and feature_extraction trains none"
+        if "stage_lr_decay" in names else "")
