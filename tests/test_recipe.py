@@ -596,5 +596,5 @@ def test_help_prints(capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_recipe_args(["--help"])
     assert exit_info.value.code == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert "30% of the training steps" in out and "--model_name_or_path" in out and "--train_dir" in out
