@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .model import TransferMeta, TransferModel
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["feature_cache_key", "cache_pooled_features", "features_cache_dir"]
@@ -27,10 +29,11 @@ __all__ = ["feature_cache_key", "cache_pooled_features", "features_cache_dir"]
 def features_cache_dir() -> Path:
     from datasets import config
 
-    return Path(os.environ.get("HF_TRANSFER_CNN_FEATURES_CACHE", Path(config.HF_DATASETS_CACHE) / "hf_transfer_cnn_features"))
+    default = Path(config.HF_DATASETS_CACHE) / "hf_transfer_cnn_features"
+    return Path(os.environ.get("HF_TRANSFER_CNN_FEATURES_CACHE", default))
 
 
-def _backbone_tensors(model) -> list[tuple[str, torch.Tensor]]:
+def _backbone_tensors(model: TransferModel) -> list[tuple[str, torch.Tensor]]:
     head_prefixes = tuple(p for p in (model.arch.head, model.arch.head_dropout) if p)
     return [(n, t) for n, t in list(model.named_parameters()) + list(model.named_buffers())
             if not n.startswith(head_prefixes)]
@@ -46,10 +49,7 @@ def _compute_config(config) -> str:
     """The config without labels and head metadata: the settings the backbone's forward reads (activation,
     padding, norm eps, ...), which the weights alone do not fix."""
     d = {k: v for k, v in config.to_dict().items() if k not in _LABEL_FIELDS}
-    from .model import CONFIG_KEY
-
-    meta = dict(d.pop(CONFIG_KEY, None) or {})
-    d[CONFIG_KEY] = {k: meta[k] for k in _COMPUTE_META if meta.get(k) is not None}
+    d.update(TransferMeta.of(config).only(*_COMPUTE_META).as_config_entry())  # replaces the full section
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -78,7 +78,8 @@ def _random_steps(transform: Any) -> list[str]:
     return found
 
 
-def feature_cache_key(model, transform: Any, dataset, columns: tuple[str, str] = ("image", "label")) -> str:
+def feature_cache_key(model: TransferModel, transform: Any, dataset: Any,
+                      columns: tuple[str, str] = ("image", "label")) -> str:
     """Hash of everything the cached features depend on."""
     h = hashlib.sha256()
     h.update(repr((CACHE_FORMAT, columns)).encode())
@@ -92,8 +93,9 @@ def feature_cache_key(model, transform: Any, dataset, columns: tuple[str, str] =
     return h.hexdigest()[:32]
 
 
-def cache_pooled_features(model, dataset, transform, *, image_column: str = "image", label_column: str = "label",
-                          batch_size: int = 64, cache_dir: str | os.PathLike | None = None):
+def cache_pooled_features(model: TransferModel, dataset: Any, transform: Any, *, image_column: str = "image",
+                          label_column: str = "label", batch_size: int = 64,
+                          cache_dir: str | os.PathLike | None = None) -> Any:
     """A `datasets.Dataset` of ``pooled_features``/``labels`` for `dataset` (raw images), cached on disk.
 
     `transform` must be deterministic (the eval transform): augmentation would be frozen into the cache. Random

@@ -390,6 +390,30 @@ def test_checkpoint_without_weights(tiny_checkpoints, tmp_path):
         TransferModel.from_pretrained(empty)
 
 
+def test_arguments_are_checked_before_the_weights_load(tiny_checkpoints, tmp_path):
+    """A wrong argument is reported as such, not as the weights failing to load (checked from the config alone)."""
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((Path(tiny_checkpoints["resnet"]) / "config.json").read_text())
+    with pytest.raises(ValueError, match="num_channels=0"):
+        TransferModel.from_pretrained(config_only, num_channels=0)
+    with pytest.raises(ValueError, match="minimum of 32"):
+        TransferModel.from_pretrained(config_only, image_size=16)
+    with pytest.raises(TypeError, match=r"Unexpected argument\(s\) \['num_class'\]"):
+        TransferModel.from_pretrained(config_only, num_class=3)
+
+
+def test_transfer_classes_resolve_by_name(tiny_checkpoints):
+    """``Transfer<Native>`` classes are found by module and name, as unpickling in a new process looks them up."""
+    import importlib
+
+    cls = type(TransferModel.from_pretrained(tiny_checkpoints["resnet"]))
+    assert cls.__name__ == "TransferResNetForImageClassification"
+    assert getattr(importlib.import_module(cls.__module__), cls.__name__) is cls
+    with pytest.raises(AttributeError, match="TransferNoSuchModel"):
+        getattr(importlib.import_module(cls.__module__), "TransferNoSuchModel")
+
+
 @pytest.mark.parametrize("model_type", NATIVE_TYPES)
 def test_processor_follows_image_size_for_every_family(tiny_checkpoints, model_type):
     from PIL import Image
@@ -469,7 +493,7 @@ def test_saving_a_model_plain_transformers_cannot_rebuild_says_so_once(tiny_chec
         T.AutoModelForImageClassification.from_pretrained(tmp_path / "bit")
     again = TransferModel.from_pretrained(tmp_path / "bit").eval()
     assert again.config.num_channels == 3 and again.num_input_channels == 1
-    assert "backbone_config" not in again.config.hf_transfer_cnn
+    assert again.meta.backbone_config is None
     x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(again(x).logits, bit(x).logits)

@@ -116,7 +116,11 @@ def test_cache_key_follows_the_compute_config_not_the_labels(tiny_checkpoints, f
     cached = cache_pooled_features(gelu_model, train_raw, eval_tf, cache_dir=tmp_path / "c")
     with torch.no_grad():
         true = gelu_model.eval().pooled_features(torch.stack([eval_tf(im) for im in train_raw["image"]]))
-    torch.testing.assert_close(cached[:]["pooled_features"], true, rtol=0, atol=1e-6)
+    # equal up to float rounding: the frozen prefix's inference graph changes plan after its first calls at a batch
+    # size (the cache ran the first call); the relu model's features are farther off by orders of magnitude
+    torch.testing.assert_close(cached[:]["pooled_features"], true, rtol=1e-5, atol=1e-5)
+    relu_cached = cache_pooled_features(relu_model, train_raw, eval_tf, cache_dir=tmp_path / "c")
+    assert (relu_cached[:]["pooled_features"] - true).abs().max() > 1e-3
 
 
 def test_plain_transform_gets_the_image_as_stored(tiny_checkpoints, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 
 __all__ = ["adapt_conv_weight", "adapter_weight"]

@@ -27,7 +27,8 @@ class HeadSpec:
         elif isinstance(value, dict):
             unknown = set(value) - {"hidden_sizes", "dropout", "pooling", "activation"}
             if unknown:
-                raise ValueError(f"Unknown head option(s) {sorted(unknown)}; allowed: hidden_sizes, dropout, pooling, activation.")
+                raise ValueError(f"Unknown head option(s) {sorted(unknown)}; allowed: hidden_sizes, dropout, pooling, "
+                                 "activation.")
             spec = cls(**{**value, "hidden_sizes": tuple(value.get("hidden_sizes", ()))})
         else:
             raise TypeError(f"head must be None, a dict or a HeadSpec, got {type(value).__name__}.")

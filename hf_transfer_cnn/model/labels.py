@@ -14,7 +14,8 @@ def normalise_labels(num_labels, id2label, label2id):
             raise ValueError(f"id2label keys must be 0..{len(id2label) - 1}, got {sorted(id2label)}.")
         if num_labels is not None and num_labels != len(id2label):
             raise ValueError(
-                f"num_labels={num_labels} but id2label has {len(id2label)} entries; pass one of them, or make them agree."
+                f"num_labels={num_labels} but id2label has {len(id2label)} entries; pass one of them, or make them "
+                "agree."
             )
         num_labels = len(id2label)
         repeated = sorted(name for name, n in Counter(id2label.values()).items() if n > 1)
@@ -28,7 +29,8 @@ def normalise_labels(num_labels, id2label, label2id):
         if id2label is None:
             id2label = {v: k for k, v in label2id.items()}
         if len(label2id) != num_labels or {v: k for k, v in label2id.items()} != id2label:
-            raise ValueError("label2id does not match id2label/num_labels; pass id2label alone and label2id is derived.")
+            raise ValueError("label2id does not match id2label/num_labels; pass id2label alone and label2id is "
+                             "derived.")
     if num_labels is not None:
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
             raise ValueError(f"num_labels={num_labels!r}; a classifier needs at least 1 label.")

@@ -57,8 +57,16 @@ class TransferMeta:
     def updated(self, **changes: Any) -> TransferMeta:
         return replace(self, **changes)
 
+    def only(self, *names: str) -> TransferMeta:
+        """This section with every field but `names` unset."""
+        return TransferMeta(**{name: getattr(self, name) for name in names})
+
+    def as_config_entry(self) -> dict[str, dict]:
+        """``{"hf_transfer_cnn": {...}}``: the section as a config dict holds it."""
+        return {CONFIG_KEY: self.to_dict()}
+
     def write(self, config: Any) -> None:
-        config.update({CONFIG_KEY: self.to_dict()})
+        config.update(self.as_config_entry())
 
 
 _INT_KEYS = {"input_channels", "image_size", "trainable_stages", "feature_dim", "channels_dim"}
