@@ -36,6 +36,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_OVERWRITE_HELP = ("replace the previous checkpoint in a non-empty output directory (a directory holding other files "
+                   "is refused, never emptied)")
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_torchvision
 
@@ -81,7 +85,7 @@ def add_convert_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--num-labels", type=_positive_int, metavar="N",
                    help="give the model a fresh N-label classifier (default: keep the weights' classifier)")
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload the directory to this Hub repo")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.add_argument("--no-transform-input", action="store_true",
                    help="googlenet: the weights do not expect torchvision's input transform")
     p.add_argument("--drop-aux-classifiers", action="store_true", help="googlenet: leave out the aux classifiers")
@@ -103,7 +107,7 @@ def add_init_command(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, metavar="S", help="square input size in pixels")
     p.add_argument("--seed", type=int, help="random seed for the initialisation")
     p.add_argument("--push-to-hub", metavar="REPO", help="also upload the directory to this Hub repo")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.set_defaults(func=_cmd_init)
     return p
 

@@ -2,8 +2,9 @@
 
 A checkpoint directory holds ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` (plus, for
 the families defined in this package, their self-contained modeling file for ``trust_remote_code``). It is written
-to a temporary directory next to the destination and moved into place only when complete, so a failed run leaves
-nothing behind.
+to a temporary directory and moved into place only when complete, so a failed run leaves nothing behind.
+``overwrite`` replaces a previous checkpoint's files only: a directory holding anything else is refused, never
+emptied.
 
 Every conversion is checked numerically before it is written: the converted model and torchvision's model,
 sharing the same tensors, must give the same logits on a random input.
@@ -11,6 +12,8 @@ sharing the same tensors, must give the same logits on a random input.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import logging
 import os
 import shutil
@@ -227,7 +230,7 @@ def convert_torchvision(
         transform_input: GoogLeNet only: whether the weights expect torchvision's input transform (default True,
             as torchvision's published weights do).
         drop_aux_classifiers: GoogLeNet only: leave out the auxiliary classifiers even if the file has them.
-        overwrite: replace an existing non-empty `output_dir`.
+        overwrite: replace the checkpoint in a non-empty `output_dir` (refused if it holds other files).
         push_to_hub: also upload the directory to this Hub repo id.
     """
     info = get_checkpoint_spec(arch, convertible=True)
@@ -314,32 +317,89 @@ def _push(output_dir: Path, repo_id: str) -> None:
 
 # --- writing -----------------------------------------------------------------------------------------------------
 
-def _check_output(output_dir: str | os.PathLike, overwrite: bool) -> Path:
-    out = Path(output_dir)
+_TMP_PREFIX = ".hf-transfer-cnn-tmp-"
+_CHECKPOINT_FILES = frozenset({
+    "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "pytorch_model.bin.index.json", "preprocessor_config.json", "README.md", ".gitattributes"})
+_CHECKPOINT_PATTERNS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
+
+
+def _checkpoint_file_names(out: Path) -> frozenset[str]:
+    """What a checkpoint directory holds: transformers' files, a model card, our families' modeling files, and the
+    code files its own config.json names in ``auto_map`` (e.g. a plugin family's modeling file)."""
+    from .families import modeling
+
+    family_code = {p.name for p in Path(modeling.__file__).parent.glob("*.py") if p.name != "__init__.py"}
+    try:
+        auto_map = json.loads((out / "config.json").read_text()).get("auto_map") or {}
+        refs = [r for v in auto_map.values() for r in (v if isinstance(v, (list, tuple)) else [v])]
+    except (OSError, ValueError, AttributeError):  # no (readable) config.json: nothing more is a checkpoint's
+        refs = []
+    named = {r.split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs if isinstance(r, str) and "." in r}
+    return _CHECKPOINT_FILES | family_code | named
+
+
+def _is_checkpoint_file(entry: Path, names: frozenset[str]) -> bool:
+    if entry.name.startswith(_TMP_PREFIX):  # left behind by an interrupted run of ours
+        return entry.is_dir()
+    return entry.is_file() and (entry.name in names or any(fnmatch.fnmatch(entry.name, p)
+                                                           for p in _CHECKPOINT_PATTERNS))
+
+
+def _check_output(output_dir: str | os.PathLike, overwrite: bool, own: Path | None = None) -> Path:
+    """The absolute output path, checked: a new or empty directory, or with `overwrite` one that holds nothing but
+    a previous checkpoint's files (anything else is refused, never deleted). `own`: our temporary directory in it."""
+    out = Path(os.path.abspath(os.path.expanduser(os.fspath(output_dir))))
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"Output {str(out)!r} exists and is not a directory.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not out.is_dir() or not any(p != own for p in out.iterdir()):
+        return out
+    if not overwrite:
         raise FileExistsError(f"Output directory {str(out)!r} is not empty; choose another one or pass "
-                              "overwrite=True (--overwrite).")
+                              "overwrite=True (--overwrite) to replace the checkpoint in it.")
+    names = _checkpoint_file_names(out)
+    unexpected = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()
+                        if p != own and not _is_checkpoint_file(p, names))
+    if unexpected:
+        more = f" (+{len(unexpected) - 20} more)" if len(unexpected) > 20 else ""
+        raise FileExistsError(
+            f"Output directory {str(out)!r} holds files that are not part of a checkpoint: {unexpected[:20]}{more}. "
+            f"--overwrite only replaces a previous checkpoint's files ({', '.join(sorted(_CHECKPOINT_FILES))}, the "
+            "family's modeling .py); nothing was changed. Choose another (new or empty) directory, or move those "
+            "files away.")
     return out
 
 
 def _write(output_dir: Path, model: PreTrainedModel, processor, overwrite: bool) -> None:
-    """Save into a temporary sibling directory, then move it into place (nothing half-written on failure)."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    """Save into a temporary directory, then move it into place (nothing half-written on failure).
+
+    A new directory is renamed into place whole; into an existing one (possibly the current directory, which is
+    never renamed) the new files are moved one by one, then the previous checkpoint's other files are removed.
+    """
+    existing = output_dir.is_dir()
+    parent = output_dir if existing else output_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX if existing else f".{output_dir.name}.tmp-", dir=parent))
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        if output_dir.exists():
-            if any(output_dir.iterdir()) and not overwrite:
-                raise FileExistsError(f"Output directory {str(output_dir)!r} appeared while converting; not replaced.")
-            old = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
-            output_dir.rename(old)
+        if not existing:
+            if output_dir.exists():
+                raise FileExistsError(f"Output directory {str(output_dir)!r} appeared while converting; not "
+                                      "replaced.")
             tmp.rename(output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(output_dir)
+            return
+        _check_output(output_dir, overwrite, own=tmp)  # again: files may have appeared meanwhile
+        written = sorted(p.name for p in tmp.iterdir())
+        for name in written:
+            os.replace(tmp / name, output_dir / name)
+        for old in output_dir.iterdir():  # only a previous checkpoint's files can be left (checked above)
+            if old.name in written or old == tmp:
+                continue
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -615,3 +615,49 @@ def test_unfreeze_at_step_zero_trains_from_the_start(tiny_checkpoints, tmp_path)
               callbacks=[FreezeScheduler(unfreeze_at_step=0, num_stages=1, lr_factor=0.5), rec]).train()
     assert first_change(rec, rec.units[-1].name) == 1
     assert rec.lr_used[0] == [pytest.approx(0.025)] * len(rec.lr_used[0])
+
+
+# --- misuse (hardening) ---------------------------------------------------------------------------------------
+
+def test_two_freeze_schedulers_in_one_trainer_are_refused(tiny_checkpoints, tmp_path):
+    """Both would freeze/unfreeze the same stages and fold their factors into one scheduler: refused at Trainer
+    creation. A new scheduler for a new Trainer on the same model (a second run) is fine."""
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    first = FreezeScheduler(unfreeze_at_step=2, num_stages=1)
+    with pytest.raises(ValueError, match=r"Two FreezeSchedulers.*one Trainer.*schedule=\[\(step, stages\)"):
+        T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(),
+                  callbacks=[first, FreezeScheduler(unfreeze_at_step=4, num_stages=2, lr_factor=0.1)])
+    with pytest.raises(ValueError, match="Two FreezeSchedulers"):  # the same instance twice as well
+        T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(), callbacks=[first, first])
+    kept = T.Trainer(model=model, args=targs(tmp_path, max_steps=1), train_dataset=Data(), callbacks=[first])
+    second = T.Trainer(model=model, args=targs(tmp_path, max_steps=3), train_dataset=Data(),
+                       callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1)])
+    second.train()
+    assert kept is not None
+
+
+class Stream(torch.utils.data.IterableDataset):  # a streaming dataset: no __len__
+    def __iter__(self):
+        data = Data()
+        for i in range(len(data)):
+            yield data[i]
+
+
+def test_unfreeze_at_epoch_with_an_iterable_dataset_names_the_fix(tiny_checkpoints, tmp_path):
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
+    trainer = T.Trainer(model=model, args=targs(tmp_path, max_steps=4), train_dataset=Stream(),
+                        callbacks=[FreezeScheduler(unfreeze_at_epoch=1, num_stages=1)])
+    with pytest.raises(ValueError, match=r"unfreeze_at_epoch=1 .*no length.*IterableDataset.*unfreeze_at_step"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(lr_factor=float("inf")), "lr_factor=inf"), (dict(lr_factor=float("nan")), "lr_factor=nan"),
+    (dict(stage_lr_decay=float("nan")), "stage_lr_decay=nan"),
+    (dict(stage_lr_decay=float("inf")), "stage_lr_decay=inf"),
+])
+def test_non_finite_lr_settings_are_refused_at_construction(kw, name):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        FreezeScheduler(unfreeze_at_step=3, num_stages=1, **kw)
+    with pytest.raises(ValueError, match=r"^unfreeze_at_epoch=(nan|inf) must be"):
+        FreezeScheduler(unfreeze_at_epoch=float(name.split("=")[1]), num_stages=1)

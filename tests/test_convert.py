@@ -292,9 +292,73 @@ def test_existing_output_directory(tmp_path):
     with pytest.raises(FileExistsError, match="not empty.*--overwrite"):
         convert_torchvision("resnet18", w, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    (out / "config.json").write_text("{}")  # a previous (here: broken) checkpoint is replaced with overwrite=True
     convert_torchvision("resnet18", w, out, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
-    assert leftovers(tmp_path) == []
+    assert T.AutoConfig.from_pretrained(out).model_type == "resnet"
+    assert leftovers(tmp_path) == [] and leftovers(out) == []
+
+
+def test_overwrite_never_deletes_files_it_did_not_write(tmp_path, capsys):
+    """--overwrite replaces a previous checkpoint's files only: a folder holding anything else (a user's notes,
+    a data folder, a git clone) is refused, with the unexpected files listed, and left untouched."""
+    out = tmp_path / "out"
+    assert main(["init", "lenet5", "--output", str(out), "--seed", "0"]) == 0
+    (out / "README.md").write_text("# old card")
+    (out / "notes.txt").write_text("my notes")
+    (out / "data").mkdir()
+    (out / "data" / "img.png").write_bytes(b"x")
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["init", "resnet18", "--output", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "not part of a checkpoint" in err and "'data/'" in err and "'notes.txt'" in err, err
+    assert "README.md" not in err.split("not part of a checkpoint")[1].split("]")[0], err
+    assert sorted(p.name for p in out.iterdir()) == before and (out / "notes.txt").read_text() == "my notes"
+    with pytest.raises(FileExistsError, match=r"\['data/', 'notes.txt'\]"):
+        init_checkpoint("resnet18", out, overwrite=True)
+
+    (out / "notes.txt").unlink()
+    (out / "data" / "img.png").unlink()
+    (out / "data").rmdir()
+    assert main(["init", "resnet18", "--output", str(out), "--overwrite", "--num-labels", "3"]) == 0
+    # the previous checkpoint's files are gone (lenet.py, the old card), the new one is complete
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert T.AutoConfig.from_pretrained(out).num_labels == 3 and leftovers(tmp_path) == []
+
+
+def test_overwrite_replaces_the_code_file_a_previous_config_names(tmp_path):
+    """A previous checkpoint's remote-code file (named in its config.json auto_map, e.g. a plugin family's) is part
+    of that checkpoint; an unrelated .py file is not."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"auto_map": {"AutoConfig": "my_family.MyConfig",
+                                                              "AutoModelForImageClassification": "my_family.MyModel"}}))
+    (out / "my_family.py").write_text("# plugin code")
+    (out / "train.py").write_text("# the user's script")
+    with pytest.raises(FileExistsError, match=r"not part of a checkpoint: \['train.py'\]"):
+        init_checkpoint("lenet5", out, overwrite=True)
+    (out / "train.py").unlink()
+    init_checkpoint("lenet5", out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "lenet.py", "model.safetensors",
+                                                     "preprocessor_config.json"]
+
+
+def test_output_to_the_current_directory(tmp_path, monkeypatch, capsys):
+    """`--output .` writes into the current directory (never renames or replaces the directory itself)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    inode = os.stat(".").st_ino
+    assert main(["init", "lenet5", "--output", ".", "--seed", "0"]) == 0, capsys.readouterr().err
+    assert os.stat(".").st_ino == inode and Path.cwd() == work
+    assert sorted(os.listdir(work)) == ["config.json", "lenet.py", "model.safetensors", "preprocessor_config.json"]
+    assert main(["init", "lenet5", "--output", "."]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["init", "resnet18", "--output", ".", "--overwrite", "--num-labels", "2"]) == 0
+    assert os.stat(".").st_ino == inode and os.path.isdir(work)
+    assert sorted(os.listdir(work)) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert T.AutoConfig.from_pretrained(work).num_labels == 2 and leftovers(tmp_path) == []
 
 
 # --- CLI ----------------------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_all_unreadable_is_an_error(tmp_path):
     for cls in ("x", "y"):
         (tmp_path / "bad" / cls).mkdir(parents=True)
         (tmp_path / "bad" / cls / "0.png").write_bytes(b"junk" * 10)
-    with pytest.raises(ValueError, match="all 2 images were unreadable"):
+    with pytest.raises(ValueError, match="All 2 images of the train split are unreadable"):
         _load(tmp_path, train_dir=str(tmp_path / "bad"), train_val_split=0)
 
 

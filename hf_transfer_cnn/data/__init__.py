@@ -21,11 +21,18 @@ Policies
 * Evaluation split. ``eval_split_name`` if given, else the first of validation/valid/val/dev that
   exists, else a seeded (stratified when possible) ``train_val_split`` fraction of train; with
   ``train_val_split=0`` there is no eval set (``None``). A "test" split is never picked
-  automatically (it stays untouched unless named).
+  automatically (it stays untouched unless named). A class with a single image cannot be stratified: it
+  stays in training (logged), and every class keeps at least one training image.
+* Classes. Classification needs two or more classes: data with one class (or only one class left with
+  readable training images) is an error, not a one-label (regression) model. Boolean labels are the two
+  classes ``False``/``True``.
 * Unreadable images (corrupt, truncated, unsupported mode) are found before training by a pass that
   decodes every image once (after ``max_*_samples`` selection) and are dropped, with a warning like
-  ``skipped 2 unreadable image(s) of 120 in train: [...]``; ``on_bad_image="error"`` raises instead,
-  naming the file. Datasets never change length during an epoch. Images are loaded with the
+  ``skipped 2 unreadable image(s) of 120 in train (2 undecodable): [...]``; ``on_bad_image="error"`` raises
+  instead, naming the file. Images beyond the size limits count as unreadable, judged from the file header
+  before any pixel is decoded: more pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL itself only warns up to
+  twice that) or more elongated than ``max_aspect_ratio`` (default 64:1; 0 turns it off). A split whose
+  images are all unreadable is an error. Datasets never change length during an epoch. Images are loaded with the
   ``Image`` feature's ``decode=False`` and decoded here with PIL; ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``
   is not touched (if your own code sets it to True, truncated files decode partially and are kept).
 * Modes (see `to_8bit`): every image becomes 8-bit ``L`` or ``RGB``. RGBA/LA/PA (and palette images

@@ -3,6 +3,7 @@ transformed (`TransformArguments`); `HfArgumentParser` reads both from a command
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,8 +40,12 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": (
         "Keep a seeded random subset of at most this many evaluation examples.")})
     on_bad_image: Literal["skip", "error"] = field(default="skip", metadata={"help": (
-        "What to do with unreadable (corrupt, truncated) images: 'skip' drops them before training and logs "
-        "how many; 'error' stops with the file name.")})
+        "What to do with unreadable (corrupt, truncated, or beyond the size limits: see max_aspect_ratio) images: "
+        "'skip' drops them before training and logs how many; 'error' stops with the file name.")})
+    max_aspect_ratio: float | None = field(default=64.0, metadata={"help": (
+        "Images more elongated than this (long side / short side, read from the file header before decoding) "
+        "are handled like unreadable ones (see on_bad_image), as are images beyond PIL.Image.MAX_IMAGE_PIXELS. "
+        "0 turns the aspect check off.")})
     split_seed: int = field(default=42, metadata={
         "help": "Seed for the validation split and the max_*_samples subsets."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": (
@@ -52,6 +57,11 @@ class DataArguments:
             raise ValueError(f"on_bad_image={self.on_bad_image!r}; use 'skip' or 'error'.")
         if self.train_val_split is not None and not 0.0 <= float(self.train_val_split) < 1.0:
             raise ValueError(f"train_val_split={self.train_val_split}; use a fraction in [0, 1) (0 = no eval set).")
+        ratio = self.max_aspect_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
+                                  or not (ratio == 0 or 1 <= ratio < math.inf)):
+            raise ValueError(f"max_aspect_ratio={ratio!r}; use a number >= 1 (long side / short side, e.g. 64), "
+                             "or 0 to turn the check off.")
         for name in ("max_train_samples", "max_eval_samples"):
             check_positive_int(name, getattr(self, name), optional=True,
                                hint="use a positive integer or leave it unset")

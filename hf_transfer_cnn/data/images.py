@@ -9,23 +9,52 @@ from typing import Any
 
 import numpy as np
 
+DEFAULT_MAX_ASPECT_RATIO = 64.0
+"""The most elongated image (long side / short side) loaded by default; beyond it an image counts as unreadable."""
+
+
+class ImageTooLargeError(ValueError):
+    """An image's header declares more pixels, or a more extreme aspect ratio, than the limits allow (a
+    decompression bomb, a corrupt header, or a strip no resize can turn into a useful model input)."""
 
 
 # --- decoding ---------------------------------------------------------------------------------------
 
-def load_image(value: Any):
+def check_image_size(size: tuple[int, int], max_aspect_ratio: float | None = None) -> None:
+    """Raise `ImageTooLargeError` if a ``(width, height)`` is beyond PIL's ``Image.MAX_IMAGE_PIXELS`` (PIL itself
+    only warns up to twice that) or more elongated than `max_aspect_ratio` (None or 0: no aspect limit)."""
+    from PIL import Image
+
+    width, height = (int(v) for v in size)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and width * height > limit:
+        raise ImageTooLargeError(
+            f"{width} x {height} = {width * height} pixels is beyond PIL.Image.MAX_IMAGE_PIXELS={limit} (a possible "
+            "decompression bomb); raise PIL.Image.MAX_IMAGE_PIXELS if such images are expected")
+    if max_aspect_ratio and min(width, height) > 0 and max(width, height) / min(width, height) > max_aspect_ratio:
+        ratio = max(width, height) / min(width, height)
+        raise ImageTooLargeError(
+            f"{width} x {height} pixels: aspect ratio {ratio:.4g}:1 is beyond max_aspect_ratio={max_aspect_ratio:g}; "
+            "raise max_aspect_ratio (0 turns the check off) if such images are expected")
+
+
+def load_image(value: Any, *, max_aspect_ratio: float | None = None):
     """Fully decode one dataset cell into a PIL image.
 
     Accepts what the ``Image(decode=False)`` feature stores (``{"bytes": ..., "path": ...}``), a path, raw
-    bytes, a numpy array or a PIL image. Raises on corrupt or truncated data (the pixels are loaded here).
+    bytes, a numpy array or a PIL image. Raises on corrupt or truncated data (the pixels are loaded here), and
+    `ImageTooLargeError` for an image beyond the size limits (`check_image_size`), read from the file's header
+    before any pixel is decoded.
     """
     from PIL import Image, ImageOps
 
     if isinstance(value, Image.Image):
         img = value
+        check_image_size(img.size, max_aspect_ratio)
         img.load()
     elif isinstance(value, np.ndarray):
         img = Image.fromarray(value)
+        check_image_size(img.size, max_aspect_ratio)
     else:
         if value is None:
             raise ValueError("the image cell is empty (None)")
@@ -37,6 +66,7 @@ def load_image(value: Any):
                 import datasets  # remote/relative paths: let datasets resolve them
 
                 img = datasets.Image(decode=True).decode_example(value)
+                check_image_size(img.size, max_aspect_ratio)
                 img.load()
                 return _exif_upright(img, ImageOps)
             src = io.BytesIO(data) if data is not None else path
@@ -46,7 +76,8 @@ def load_image(value: Any):
             src = value
         else:
             raise TypeError(f"cannot read an image from a {type(value).__name__}")
-        with Image.open(src) as opened:
+        with Image.open(src) as opened:  # reads the header only
+            check_image_size(opened.size, max_aspect_ratio)
             opened.load()  # decodes all pixels: raises on truncated/corrupt data
             img = opened
     return _exif_upright(img, ImageOps)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from .args import DataArguments
-from .images import describe_cell, load_image, to_8bit
+from .screening import drop_unreadable
+from .splits import split_off_validation, subsample
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +199,7 @@ def _check_columns(ds, args: DataArguments, desc: str, split: str, imagefolder: 
         if guess:
             hint = f" The label column looks like {guess!r}: pass label_column_name={guess!r}."
         elif imagefolder:
+            _check_not_one_class_folder(args.train_dir if split == args.train_split_name else args.validation_dir)
             hint = (" An image folder gets a 'label' column only when the images sit in one subfolder per class "
                     "(<dir>/<label>/<image>), all at the same depth, with at least two classes.")
         else:
@@ -212,6 +212,27 @@ def _check_columns(ds, args: DataArguments, desc: str, split: str, imagefolder: 
         raise ValueError(f"Column {args.image_column_name!r} has type {feat}; expected images (an Image feature, "
                          "file paths or encoded bytes). Check image_column_name; the columns are "
                          f"{columns}.")
+
+
+def _check_not_one_class_folder(folder: str | None) -> None:
+    """An image folder with a single class subfolder gets no label column from datasets: say why."""
+    folder = os.path.expanduser(folder) if folder else None
+    if not folder or not os.path.isdir(folder):
+        return
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if len(classes) == 1:
+        raise ValueError(f"{folder!r} has one class ({classes[0]!r}): classification needs two or more classes. Put "
+                         "the images in one subfolder per class (<dir>/<label>/<image>), with at least two class "
+                         "subfolders.")
+
+
+def _check_two_classes(names: list, col: str, desc: str) -> None:
+    """One class would make a one-label model, which transformers trains as a regression (accuracy 1.0 always)."""
+    if len(names) < 2:
+        raise ValueError(f"The labels of {desc} (column {col!r}) have {len(names)} class "
+                         f"({[str(n) for n in names][:20]}): classification needs two or more classes (a one-label "
+                         "model would be trained as a regression). Check label_column_name and the data, and give "
+                         "images of at least two classes.")
 
 
 def _prepare_columns(ds, args: DataArguments):
@@ -229,7 +250,9 @@ def _label_kind(feat) -> str:
     if isinstance(feat, datasets.ClassLabel):
         return "classlabel"
     if isinstance(feat, datasets.Value):
-        if feat.dtype.startswith(("int", "uint")) or feat.dtype == "bool":
+        if feat.dtype == "bool":
+            return "bool"
+        if feat.dtype.startswith(("int", "uint")):
             return "int"
         if feat.dtype in ("string", "large_string"):
             return "string"
@@ -264,6 +287,11 @@ def _resolve_labels(train, evaluation, args: DataArguments):
                                      f"(train classes: {names}); give both the same classes.")
                 evaluation = evaluation.align_labels_with_mapping({n: i for i, n in enumerate(names)}, col)
         return train, evaluation, names
+    if kind == "bool":  # two classes, False = 0 and True = 1
+        feature = datasets.ClassLabel(names=["False", "True"])
+        train = train.cast_column(col, feature)
+        evaluation = evaluation.cast_column(col, feature) if evaluation is not None else None
+        return train, evaluation, list(feature.names)
     if kind == "string":
         values = set(_column_values(train, col).tolist())
         if None in values:
@@ -297,81 +325,6 @@ def _check_label_values(ds, col: str, num_classes: int, split: str) -> None:
                          "(-1 usually marks unlabelled rows, e.g. a Hub test split): use a labelled split.")
 
 
-def _subsample(ds, n: int | None, seed: int):
-    if ds is None or n is None or n >= len(ds):
-        return ds
-    idx = np.sort(np.random.default_rng(seed).choice(len(ds), size=n, replace=False))
-    return ds.select(idx.tolist())
-
-
-def _split_off_validation(train, frac: float, seed: int, label_col: str):
-    import datasets
-
-    n = len(train)
-    if n * frac < 1 or n - math.ceil(n * frac) < 1:
-        raise ValueError(f"The training set has {n} example(s): too few to hold out train_val_split={frac} for "
-                         "evaluation. Give an evaluation split/validation_dir, or set train_val_split=0.")
-    feature = train.features[label_col]
-    if isinstance(feature, datasets.ClassLabel):
-        try:
-            parts = train.train_test_split(test_size=frac, seed=seed, stratify_by_column=label_col)
-            return parts["train"], parts["test"]
-        except ValueError as err:
-            logger.info("Stratified validation split not possible (%s); using a plain random split.", err)
-    elif isinstance(feature, datasets.Value):  # int or string labels: stratify on an encoded copy, keep the rows
-        try:
-            rows = train.select_columns([label_col]).class_encode_column(label_col).add_column("_row", list(range(n)))
-            parts = rows.train_test_split(test_size=frac, seed=seed, stratify_by_column=label_col)
-            return train.select(parts["train"]["_row"]), train.select(parts["test"]["_row"])
-        except ValueError as err:
-            logger.info("Stratified validation split not possible (%s); using a plain random split.", err)
-    parts = train.train_test_split(test_size=frac, seed=seed)
-    return parts["train"], parts["test"]
-
-
-def _check_decodable(value: Any) -> None:
-    to_8bit(load_image(value))
-
-
-def _drop_unreadable(ds, image_col: str, split: str, on_bad_image: str, workers: int | None):
-    """Decode every image once; drop (or raise on) those that fail. The result never changes length later."""
-    n = len(ds)
-    if n == 0:
-        return ds
-
-    def check(item):
-        index, value = item
-        try:
-            _check_decodable(value)
-            return None
-        except Exception as err:  # any decoder failure means "unreadable"
-            return index, describe_cell(value, index), f"{type(err).__name__}: {err}"
-
-    workers = workers or max(1, min(4, os.cpu_count() or 1))
-    bad: list[tuple[int, str, str]] = []
-    start = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for batch in ds.select_columns([image_col]).iter(batch_size=256):
-            cells = batch[image_col]
-            for result in pool.map(check, zip(range(start, start + len(cells)), cells)):
-                if result is None:
-                    continue
-                if on_bad_image == "error":
-                    raise ValueError(f"Unreadable image in {split}: {result[1]}: {result[2]}. Fix or remove the file, "
-                                     "or use on_bad_image='skip' to drop unreadable images.")
-                bad.append(result)
-            start += len(cells)
-    if not bad:
-        return ds
-    shown = [f"{where}: {why}" for _, where, why in bad[:20]] + (["..."] if len(bad) > 20 else [])
-    logger.warning("skipped %d unreadable image(s) of %d in %s: %s", len(bad), n, split, shown)
-    if len(bad) == n:
-        raise ValueError(f"The {split} set is empty after dropping unreadable images: all {n} images were "
-                         f"unreadable (first: {shown[0]}). Check the files/format.")
-    bad_idx = {i for i, _, _ in bad}
-    return ds.select([i for i in range(n) if i not in bad_idx])
-
-
 def load_image_classification_data(args: Any = None, *, expected_labels: dict | None = None,
                                    return_eval_split: bool = False, **kwargs):
     """Load, split and clean an image-classification dataset: ``(train_ds, eval_ds, id2label)``
@@ -399,9 +352,8 @@ def load_image_classification_data(args: Any = None, *, expected_labels: dict | 
         raise ValueError(f"The {eval_name} split of {desc} is empty (0 examples); give a non-empty evaluation set "
                          "or leave eval_split_name unset.")
     train, evaluation, names = _resolve_labels(train, evaluation, args)
+    _check_two_classes(names, args.label_column_name, desc)
     id2label = {i: str(n) for i, n in enumerate(names)}
-    if len(id2label) < 2:
-        logger.warning("The data has %d class(es) (%s); classification needs at least 2.", len(id2label), names)
     if expected_labels is not None:
         expected = {int(k): str(v) for k, v in dict(expected_labels).items()}
         if len(expected) != len(id2label):
@@ -417,14 +369,15 @@ def load_image_classification_data(args: Any = None, *, expected_labels: dict | 
     _check_label_values(train, col, len(id2label), args.train_split_name)
     _check_label_values(evaluation, col, len(id2label), eval_name)
     if evaluation is None and args.train_val_split:
-        train, evaluation = _split_off_validation(train, float(args.train_val_split), args.split_seed, col)
+        train, evaluation = split_off_validation(train, float(args.train_val_split), args.split_seed, col)
         eval_name = f"{args.train_split_name}[held-out {args.train_val_split:g}]"
-    train = _subsample(train, args.max_train_samples, args.split_seed)
-    evaluation = _subsample(evaluation, args.max_eval_samples, args.split_seed)
-    img = args.image_column_name
-    train = _drop_unreadable(train, img, args.train_split_name, args.on_bad_image, args.preprocessing_num_workers)
+    train = subsample(train, args.max_train_samples, args.split_seed)
+    evaluation = subsample(evaluation, args.max_eval_samples, args.split_seed)
+    screen = dict(image_col=args.image_column_name, on_bad_image=args.on_bad_image,
+                  workers=args.preprocessing_num_workers, max_aspect_ratio=args.max_aspect_ratio)
+    train = drop_unreadable(train, split=args.train_split_name, **screen)
     if evaluation is not None:
-        evaluation = _drop_unreadable(evaluation, img, eval_name, args.on_bad_image, args.preprocessing_num_workers)
+        evaluation = drop_unreadable(evaluation, split=eval_name, **screen)
     _check_class_coverage(train, evaluation, col, id2label, eval_name)
     logger.info("Loaded %s: %d training and %s evaluation examples, %d classes.", desc, len(train),
                 len(evaluation) if evaluation is not None else "no", len(id2label))
@@ -437,6 +390,13 @@ def _check_class_coverage(train, evaluation, col: str, id2label: dict, eval_name
     """Every evaluated class needs training images (else its accuracy is 0 by construction: typically a class
     folder only in validation_dir, or a training subsample too small); classes with none at all get a warning."""
     counts = np.bincount(_column_values(train, col), minlength=len(id2label))
+    trained = [id2label[i] for i in range(len(id2label)) if counts[i] > 0]
+    if len(trained) < 2:
+        raise ValueError(f"Only class {trained[0]!r} has training images (per class, after dropping unreadable "
+                         f"images and max_train_samples: {dict(zip(id2label.values(), counts.tolist()))}); "
+                         "classification needs two or more classes with training images. Give the other classes "
+                         "training images: fix their unreadable files (see the warning above), use a larger "
+                         "max_train_samples, or check the labels.")
     seen = set(np.unique(_column_values(evaluation, col)).tolist()) if evaluation is not None else set()
     untrained = [id2label[i] for i in sorted(seen) if counts[i] == 0]
     if untrained:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,33 @@ __all__ = ["FreezeScheduler", "SCHEDULE_FILE"]
 
 SCHEDULE_FILE = "freeze_schedule.json"
 """Written into each Trainer checkpoint: the schedule (phases, lr factor, stage LR decay) its weights follow."""
+
+
+_TRAINER_CLAIMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""model -> weak reference to the TrainerState of the Trainer whose FreezeScheduler set the model up: a second
+FreezeScheduler in the same Trainer (same state) is refused; a new Trainer on the same model is not."""
+
+
+def _claim_for_trainer(model: nn.Module, state) -> None:
+    if state is None:  # called outside a Trainer: nothing to compare with
+        return
+    owner = _TRAINER_CLAIMS.get(model)
+    if owner is not None and owner() is state:
+        raise ValueError(
+            "Two FreezeSchedulers were given to one Trainer (callbacks=[...]), or the same one twice; they would "
+            "both freeze and unfreeze the same model and scale the same learning rate. Use one FreezeScheduler; for "
+            "several phases give it schedule=[(step, stages), ...], e.g. schedule=[(0, 0), (500, 2), (1500, 'all')].")
+    _TRAINER_CLAIMS[model] = weakref.ref(state)
+
+
+def _num_batches(dataloader) -> int | None:
+    """The dataloader's length, or None when it has none (an IterableDataset's DataLoader raises TypeError)."""
+    if dataloader is None:
+        return None
+    try:
+        return len(dataloader)
+    except TypeError:
+        return None
 
 
 @dataclass
@@ -274,6 +302,7 @@ class FreezeScheduler(TrainerCallback):
         if model is None:
             raise ValueError("FreezeScheduler needs the Trainer's model (Trainer(model=...); model_init is not "
                              "supported).")
+        _claim_for_trainer(unwrap_model(model), state)
         self.prepare_model(model)
         check_training_args(args, self.plan)
         self._bound.trainer_find_unused = trainer_find_unused(args, model)  # what this Trainer gave DDP, fixed now
@@ -289,9 +318,14 @@ class FreezeScheduler(TrainerCallback):
             )
         steps_per_epoch = None
         if self.plan.unfreeze_at_epoch is not None:
-            if train_dataloader is None or not hasattr(train_dataloader, "__len__"):
-                raise ValueError("unfreeze_at_epoch needs a train dataloader with a length; use unfreeze_at_step.")
-            steps_per_epoch = optimizer_steps_per_epoch(len(train_dataloader), args.gradient_accumulation_steps)
+            batches = _num_batches(train_dataloader)
+            if batches is None:
+                raise ValueError(
+                    f"unfreeze_at_epoch={self.plan.unfreeze_at_epoch:g} needs the number of batches in an epoch, but "
+                    "the train dataloader has no length (an IterableDataset or a streaming dataset has none). Use "
+                    "FreezeScheduler(unfreeze_at_step=<optimizer step>, ...) instead (epochs x optimizer steps per "
+                    "epoch), or give the dataset a __len__.")
+            steps_per_epoch = optimizer_steps_per_epoch(batches, args.gradient_accumulation_steps)
         self._check_trainer_ddp(args, model)
         self._attach(optimizer, lr_scheduler, max_steps=state.max_steps, steps_per_epoch=steps_per_epoch,
                      global_step=state.global_step)

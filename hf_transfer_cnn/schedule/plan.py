@@ -32,6 +32,12 @@ def optimizer_steps_per_epoch(num_batches: int, gradient_accumulation_steps: int
     return max(num_batches // gas + int(num_batches % gas > 0), 1)
 
 
+def _is_number(value: Any) -> bool:
+    """An int or float, not a bool; nan and inf fail the range checks that follow (every comparison with nan is
+    False)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_triggers(unfreeze_at_step, num_stages, schedule, unfreeze_at_epoch) -> None:
     if sum(x is not None for x in (unfreeze_at_step, unfreeze_at_epoch, schedule)) != 1:
         raise ValueError(
@@ -71,10 +77,12 @@ class FreezeSchedule:
 
     def __post_init__(self) -> None:
         lr_factor, decay, epoch = self.lr_factor, self.stage_lr_decay, self.unfreeze_at_epoch
-        if not (isinstance(lr_factor, (int, float)) and lr_factor > 0):
+        if not (_is_number(lr_factor) and 0 < lr_factor < math.inf):
             raise ValueError(f"lr_factor={lr_factor!r} must be a positive number (e.g. 0.1).")
-        if decay is not None and not (0 < decay <= 1):
+        if decay is not None and not (_is_number(decay) and 0 < decay <= 1):
             raise ValueError(f"stage_lr_decay={decay!r} must be in (0, 1].")
+        if epoch is not None and not (_is_number(epoch) and math.isfinite(epoch)):
+            raise ValueError(f"unfreeze_at_epoch={epoch!r} must be a finite number of epochs (e.g. 1 or 0.5).")
         if epoch is not None and epoch < 0:
             raise ValueError(f"unfreeze_at_epoch={epoch} must be >= 0.")
         phases = tuple((s, n) for s, n in self.phases)
