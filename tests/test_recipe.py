@@ -598,3 +598,23 @@ def test_help_prints(capsys):
     assert exit_info.value.code == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "30% of the training steps" in out and "--model_name_or_path" in out and "--train_dir" in out
+
+
+def test_results_record_the_trained_epochs_and_a_cpu_run_warns_nothing_about_pin_memory(tiny_checkpoints,
+                                                                                        color_folder, tmp_path):
+    """all_results.json said "epoch": 0 after a 2-epoch run (the 'before' evaluation's epoch overwrote it); and
+    torch's pin_memory UserWarning came at every DataLoader of a CPU run."""
+    import warnings
+
+    out = tmp_path / "epochs"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = run_finetune(*parse_recipe_args([
+            "--model_name_or_path", tiny_checkpoints["resnet"], "--train_dir", str(color_folder / "train"),
+            "--validation_dir", str(color_folder / "validation"), "--output_dir", str(out), "--use_cpu", "true",
+            "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--image_size", "32",
+            "--eval_strategy", "epoch", "--save_strategy", "no", "--report_to", "none"]))
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["epoch"] == results["epoch"] == 2.0 and saved["train_steps"] == 6  # 48 images / 16, twice
+    assert "before_accuracy" in saved and "before_epoch" not in saved
+    assert not [w for w in caught if "pin_memory" in str(w.message)]

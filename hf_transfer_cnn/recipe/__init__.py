@@ -2,7 +2,8 @@
 
 Modules by concern: `args` (ModelArguments, config file, option checks), `plan` (strategy → freezing schedule),
 `output` (resume / overwrite policy of output_dir), `prepare` (data, model, datasets), `training` (Trainer),
-`results` (plots, all_results.json), `publish` (model card, Hub push), `run` (`run_finetune`, the steps in order),
+`results` (plots, all_results.json), `publish` (model card, Hub push), `streaming` (``--streaming``: the data as
+an IterableDataset), `run` (`run_finetune`, the steps in order),
 `fashion_mnist` (the demo's and benchmarks' dataset). The core package never imports this one."""
 
 from .args import STRATEGIES, ModelArguments, parse_recipe_args

@@ -15,14 +15,30 @@ from ..data import DataArguments, TransformArguments
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelArguments", "STRATEGIES", "TRIGGERS", "GRADUAL_ONLY", "load_config_file", "parse_recipe_args",
-           "check_freeze_options"]
+__all__ = ["ModelArguments", "STRATEGIES", "TRIGGERS", "GRADUAL_ONLY", "UNSET_VALUES", "RECIPE_HELP",
+           "load_config_file", "parse_recipe_args", "check_freeze_options"]
 
 STRATEGIES = ("feature_extraction", "fine_tuning", "gradual", "full")
 TRIGGERS = ("unfreeze_at_step", "unfreeze_at_epoch", "schedule")
 """The `gradual` unfreeze triggers; they exclude each other."""
 GRADUAL_ONLY = (*TRIGGERS, "lr_factor")
 """Options only `gradual` uses."""
+SOURCES = ("dataset_name", "train_dir", "validation_dir")
+"""The options that name the data; one on the command line replaces the config file's data source."""
+SOURCE_DETAILS = ("dataset_config_name", "image_column_name", "label_column_name", "train_split_name",
+                  "eval_split_name")
+"""Options that describe a dataset_name dataset: they go with it when the command line names other data."""
+UNSET_VALUES = ("none", "null")
+"""``--option none`` (or ``null``, any case) sets an option whose default is None to None, e.g. to drop the
+config file's value."""
+RECIPE_HELP = (
+    "A --config YAML/JSON file supplies defaults; the command line overrides them. A data source on the command "
+    "line replaces the file's: --train_dir/--validation_dir replace its dataset_name together with that dataset's "
+    "dataset_config_name, column and split names (an imagefolder has the columns image and label), and "
+    "--dataset_name replaces its train_dir/validation_dir. Any option whose default is None can be unset with "
+    "'none' or 'null' (e.g. --dataset_name none, --unfreeze_at_step null). --streaming true reads the training data "
+    "as a stream (needs max_steps; step-based unfreezing only; no cache_features).")
+"""The recipe's --help epilog."""
 
 
 @dataclass
@@ -56,6 +72,16 @@ class ModelArguments:
     head_pooling: Literal["avg", "max", "concat"] = field(default="avg", metadata={"help": "Pooling before the head."})
     cache_features: bool = field(default=False, metadata={
         "help": "feature_extraction: compute backbone features once and train the head on them (needs augment=False)."})
+    streaming: bool = field(default=False, metadata={
+        "help": "Read the training data as a stream (datasets' IterableDataset; Hub or local data, nothing downloaded "
+                "or converted up front), split between DDP processes, shuffled in a buffer and repeated until "
+                "max_steps, which is required: a stream has no length, so unfreezing is by step only (no "
+                "unfreeze_at_epoch) and cache_features is refused. The evaluation split is read once into memory "
+                "(cap it with max_eval_samples); without one there is no evaluation (train_val_split is not used). "
+                "max_train_samples/max_eval_samples take the first examples of a stream. Labels must be a "
+                "ClassLabel column (an imagefolder's are)."})
+    shuffle_buffer_size: int = field(default=1000, metadata={
+        "help": "streaming: examples held in the shuffle buffer (0 = no shuffling)."})
     expected_label_names: str | None = field(default=None, metadata={
         "help": "Comma-separated class names the data must have, in id order (e.g. to continue training a fine-tuned "
                 "model, whose trained head is kept when its labels are these); other names, order or count are an "
@@ -110,9 +136,15 @@ def parse_recipe_args(argv: list[str] | None = None) -> tuple[ModelArguments, Da
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TransformArguments, TrainingArguments))
-    cli = {a[2:].split("=", 1)[0].replace("-", "_") for a in rest if a.startswith("--")}
-    cfg = _config_defaults(parser, known.config, cli) if known.config else {}
+    parser = HfArgumentParser((ModelArguments, DataArguments, TransformArguments, TrainingArguments),
+                              epilog=RECIPE_HELP.replace("%", "%%"))
+    rest, unset = _take_unset_options(parser, rest)
+    values = _cli_values(rest)
+    cli = set(values)
+    cfg = _config_defaults(parser, known.config, values) if known.config else {}
+    for name in unset:
+        cfg[name] = None
+    parser.set_defaults(**dict.fromkeys(unset))
     model_args, data_args, transform_args, training_args = parser.parse_args_into_dataclasses(args=rest)
     if model_args.strategy not in STRATEGIES:
         raise ValueError(f"strategy={model_args.strategy!r}; use one of {', '.join(STRATEGIES)}.")
@@ -120,26 +152,78 @@ def parse_recipe_args(argv: list[str] | None = None) -> tuple[ModelArguments, Da
     return model_args, data_args, transform_args, training_args
 
 
-def _config_defaults(parser, config: str, cli: set[str]) -> dict:
+def _cli_values(args: list[str]) -> dict[str, str | None]:
+    """``{option: its first value (None for a bare flag)}`` of the command line."""
+    values: dict[str, str | None] = {}
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            nxt = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None
+            values[name.replace("-", "_")] = value if eq else nxt
+    return values
+
+
+def _take_unset_options(parser, args: list[str]) -> tuple[list[str], set[str]]:
+    """`args` without ``--option none``/``null`` (options whose default is None), and the names of those."""
+    optional = {f.name for dc in parser.dataclass_types for f in fields(dc) if f.default is None}
+    kept, unset, i = [], set(), 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        name = name.replace("-", "_")
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        if name in optional and value.strip().lower() in UNSET_VALUES:
+            unset.add(name)
+            i += 1 if eq else 2
+            continue
+        kept.append(arg)
+        i += 1
+    return kept, unset
+
+
+def _config_defaults(parser, config: str, cli: dict[str, str | None]) -> dict:
     """Load `config` and make its values the parser's defaults (the command line still overrides them); returns
-    the file's mapping, less any unfreeze trigger that one on the command line replaces."""
+    the file's mapping, less any unfreeze trigger or data source that one on the command line replaces."""
     cfg = load_config_file(config)
     valid = {f.name for dc in parser.dataclass_types for f in fields(dc)}
     unknown = sorted(set(cfg) - valid)
     if unknown:
         raise ValueError(f"Unknown argument(s) {unknown} in {config}. Valid names are the fields of "
                          "ModelArguments, DataArguments, TransformArguments and TrainingArguments.")
-    if cli & set(TRIGGERS):  # an unfreeze trigger on the command line replaces the file's (they exclude)
-        for name in set(TRIGGERS) - cli:
+    if set(cli) & set(TRIGGERS):  # an unfreeze trigger on the command line replaces the file's (they exclude)
+        for name in set(TRIGGERS) - set(cli):
             if cfg.get(name) is not None:
-                logger.info("--%s on the command line replaces %s from %s.", sorted(cli & set(TRIGGERS))[0],
+                logger.info("--%s on the command line replaces %s from %s.", sorted(set(cli) & set(TRIGGERS))[0],
                             name, config)
                 cfg[name] = None
+    _replace_file_source(cfg, cli, config)
     for action in parser._actions:
         if action.dest in cfg:
             action.required = False
     parser.set_defaults(**cfg)
     return cfg
+
+
+def _replace_file_source(cfg: dict, cli: dict[str, str | None], config: str) -> None:
+    """A data source on the command line replaces the file's: train_dir/validation_dir its dataset_name (with
+    that dataset's config, column and split names; train_dir also its validation_dir), dataset_name its
+    train_dir/validation_dir (and the details of another dataset_name)."""
+    given = [s for s in SOURCES if s in cli]
+    if not given:
+        return
+    if "dataset_name" in given:
+        drop = ["train_dir", "validation_dir"]
+        if cfg.get("dataset_name") != cli["dataset_name"]:
+            drop += SOURCE_DETAILS
+    else:
+        drop = ["dataset_name", *SOURCE_DETAILS] + (["validation_dir"] if "train_dir" in given else [])
+    dropped = [name for name in drop if name not in cli and cfg.get(name) is not None]
+    if dropped:
+        logger.info("%s on the command line %s %s from %s.", ", ".join("--" + s for s in given),
+                    "replace" if len(given) > 1 else "replaces", ", ".join(dropped), config)
+    for name in dropped:
+        del cfg[name]
 
 
 def check_freeze_options(model_args: ModelArguments, cli: set[str], in_file: set[str], config: str | None) -> None:

@@ -28,11 +28,14 @@ def parse_schedule(text: str) -> list[tuple[int, int | str]]:
     return phases
 
 
-def total_steps(training_args: Any, num_train: int) -> int:
+def total_steps(training_args: Any, num_train: int | None) -> int:
     """The optimizer steps Trainer will run (its `max_steps`): batches are split over the processes as Accelerate's
-    sharded loader does (the last, short batch kept unless `dataloader_drop_last`)."""
+    sharded loader does (the last, short batch kept unless `dataloader_drop_last`). `num_train` is None for a
+    stream, which needs `max_steps`."""
     if training_args.max_steps and training_args.max_steps > 0:
         return int(training_args.max_steps)
+    if num_train is None:
+        raise ValueError("A stream has no length: set max_steps.")
     bs, world = training_args.per_device_train_batch_size, max(training_args.world_size, 1)
     batches = num_train // (bs * world) if training_args.dataloader_drop_last else \
         math.ceil(math.ceil(num_train / bs) / world)

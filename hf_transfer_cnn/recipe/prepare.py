@@ -14,7 +14,8 @@ from .args import ModelArguments
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunData", "RunDatasets", "load_data", "load_model", "with_stats", "build_datasets"]
+__all__ = ["RunData", "RunDatasets", "load_data", "check_expected_labels", "load_model", "with_stats",
+           "model_transforms", "build_datasets"]
 
 
 @dataclass
@@ -27,6 +28,11 @@ class RunData:
     eval_split: str | None
 
     @property
+    def num_train(self) -> int | None:
+        """Training examples (None for a stream, whose length is unknown)."""
+        return len(self.train) if hasattr(self.train, "__len__") else None
+
+    @property
     def num_eval(self) -> int:
         return len(self.eval) if self.eval is not None else 0
 
@@ -36,11 +42,13 @@ class RunData:
 
 @dataclass
 class RunDatasets:
-    """What Trainer reads: the train and eval datasets and their collator (None for cached features)."""
+    """What Trainer reads: the train and eval datasets and their collator (None for cached features); `streaming`
+    when train is a stream already split between the processes."""
 
     train: Any
     eval: Any | None
     collator: Any | None
+    streaming: bool = False
 
 
 def load_data(model_args: ModelArguments, data_args: DataArguments) -> RunData:
@@ -48,10 +56,15 @@ def load_data(model_args: ModelArguments, data_args: DataArguments) -> RunData:
     expected = model_args.expected_labels()
     train_raw, eval_raw, id2label, eval_split = load_image_classification_data(
         data_args, expected_labels=expected, return_eval_split=True)
-    if expected is not None and expected != id2label:  # same count (checked by the loader), other names or order
+    check_expected_labels(expected, id2label)
+    return RunData(train_raw, eval_raw, id2label, eval_split)
+
+
+def check_expected_labels(expected: dict[int, str] | None, id2label: dict[int, str]) -> None:
+    """With `expected_label_names`, the data's classes must be those, in id order."""
+    if expected is not None and expected != id2label:
         raise ValueError(f"expected_label_names {list(expected.values())} differ from the data's classes in id order "
                          f"{list(id2label.values())}; fix the names/order, or drop expected_label_names.")
-    return RunData(train_raw, eval_raw, id2label, eval_split)
 
 
 def load_model(model_args: ModelArguments, id2label: dict[int, str], trainable_stages: int | str):
@@ -75,14 +88,20 @@ def with_stats(processor, transform_args: TransformArguments, num_channels: int)
     return type(processor).from_dict(d)
 
 
-def build_datasets(model, data: RunData, model_args: ModelArguments, data_args: DataArguments,
-                   transform_args: TransformArguments, training_args: Any) -> RunDatasets:
-    """Transforms for `model` (its saved processor normalising like them), applied on the fly, or, with
-    `cache_features`, the backbone's pooled features computed once."""
+def model_transforms(model, model_args: ModelArguments, transform_args: TransformArguments):
+    """``(train_tf, eval_tf)`` for `model`; its image processor is made to normalise like them."""
     train_tf, eval_tf = build_transforms(model.image_processor, model.num_input_channels,
                                          image_size=model_args.image_size, **transform_args.to_kwargs())
     if transform_args.image_mean or transform_args.image_std:  # the saved processor must normalise like training
         model.image_processor = with_stats(model.image_processor, transform_args, model.num_input_channels)
+    return train_tf, eval_tf
+
+
+def build_datasets(model, data: RunData, model_args: ModelArguments, data_args: DataArguments,
+                   transform_args: TransformArguments, training_args: Any) -> RunDatasets:
+    """Transforms for `model` (its saved processor normalising like them), applied on the fly, or, with
+    `cache_features`, the backbone's pooled features computed once."""
+    train_tf, eval_tf = model_transforms(model, model_args, transform_args)
     cols = dict(image_column=data_args.image_column_name, label_column=data_args.label_column_name)
     if model_args.cache_features:
         return _cached_features(model, data, eval_tf, cols, model_args, transform_args, training_args)

@@ -51,7 +51,7 @@ def build_report(model, model_args: ModelArguments, data_args: DataArguments, tr
         batch_size=t.per_device_train_batch_size * max(t.world_size, 1) * t.gradient_accumulation_steps,
         eval_split=data.eval_split or "validation",
         dataset_id=data_args.dataset_name, dataset_dir=data_args.train_dir, dataset_name=dataset_title(data_args),
-        num_train_images=len(data.train), num_eval_images=results["num_eval_images"],
+        num_train_images=data.num_train, num_eval_images=results["num_eval_images"],
         metrics={k: results[k] for k in CARD_METRICS if k in results},
         per_class_accuracy=summary.per_class, per_class_support=summary.support,
         plots=[Path(p).name for p in summary.plots], repo_id=t.hub_model_id, notes=notes)

@@ -59,7 +59,9 @@ def write_results(trained: TrainedRun, log_history: list[dict], model, data: Run
     if trained.prediction is not None:
         _add_per_class(summary, trained.prediction, data.label_names(), out)
         results["per_class_accuracy"] = summary.per_class
-    results["num_train_images"], results["num_eval_images"] = len(data.train), data.num_eval
+    if data.num_train is not None:  # a stream's length is unknown
+        results["num_train_images"] = data.num_train
+    results["num_eval_images"] = data.num_eval
     results["strategy"] = model_args.strategy
     results["phases"] = phases
     save_results(results, out)

@@ -16,6 +16,7 @@ from .args import STRATEGIES, ModelArguments, parse_recipe_args
 from .output import move_aside, resume_point
 from .plan import build_freeze_plan, keep_resumed_schedule, total_steps
 from .prepare import build_datasets, load_data, load_model
+from .streaming import build_stream_datasets, check_streaming_options, load_stream
 from .publish import build_report
 from .publish import push_outputs
 from .results import write_results
@@ -32,17 +33,19 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     from ..hub import write_model_card
 
     started = time.time()
+    check_streaming_options(model_args, training_args)
     push = _take_over_trainer_settings(training_args)
     with training_args.main_process_first(desc="output_dir check"):  # nothing changes there until training starts
         resume, set_aside = resume_point(training_args, model_args.overwrite_output_dir)
     set_seed(training_args.seed)
 
-    data = load_data(model_args, data_args)
-    total = total_steps(training_args, len(data.train))
+    data = (load_stream if model_args.streaming else load_data)(model_args, data_args)
+    total = total_steps(training_args, data.num_train)
     keep_resumed_schedule(model_args, resume, total)
     initial, scheduler = build_freeze_plan(model_args, total)
     model = load_model(model_args, data.id2label, initial)
-    datasets = build_datasets(model, data, model_args, data_args, transform_args, training_args)
+    build = build_stream_datasets if model_args.streaming else build_datasets
+    datasets = build(model, data, model_args, data_args, transform_args, training_args)
 
     trainer = build_trainer(model, training_args, datasets, scheduler)
     before = evaluate_before(trainer, datasets, model_args)
@@ -64,5 +67,7 @@ def _take_over_trainer_settings(training_args) -> bool:
     """Settings the recipe takes over from Trainer; returns whether to push the finished folder to the Hub."""
     if training_args.remove_unused_columns:
         training_args.remove_unused_columns = False  # images are decoded on the fly from the raw column
+    if training_args.dataloader_pin_memory and training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every DataLoader
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the finished folder ourselves
     return push

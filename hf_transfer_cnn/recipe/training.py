@@ -9,6 +9,7 @@ from typing import Any
 
 from .args import ModelArguments
 from .prepare import RunDatasets
+from .streaming import streaming_trainer_class
 
 __all__ = ["TrainedRun", "build_trainer", "evaluate_before", "train_and_evaluate"]
 
@@ -30,14 +31,16 @@ class TrainedRun:
 
 
 def build_trainer(model, training_args: Any, datasets: RunDatasets, scheduler):
-    """A `Trainer` with compute_metrics; `scheduler` (if any) runs right after DefaultFlowCallback."""
+    """A `Trainer` (a `StreamingTrainer` for a stream) with compute_metrics; `scheduler` (if any) runs right after
+    DefaultFlowCallback."""
     from transformers import Trainer
 
     from ..metrics import compute_metrics_fn
 
-    trainer = Trainer(model=model, args=training_args, train_dataset=datasets.train, eval_dataset=datasets.eval,
-                      data_collator=datasets.collator, compute_metrics=compute_metrics_fn,
-                      callbacks=[scheduler] if scheduler is not None else None)
+    trainer_class = streaming_trainer_class() if datasets.streaming else Trainer
+    trainer = trainer_class(model=model, args=training_args, train_dataset=datasets.train, eval_dataset=datasets.eval,
+                            data_collator=datasets.collator, compute_metrics=compute_metrics_fn,
+                            callbacks=[scheduler] if scheduler is not None else None)
     if scheduler is not None:  # annotate logs before the reporting integrations (TensorBoard, W&B, ...) send them
         trainer.callback_handler.callbacks.remove(scheduler)
         trainer.callback_handler.callbacks.insert(1, scheduler)  # after DefaultFlowCallback
@@ -48,7 +51,9 @@ def evaluate_before(trainer, datasets: RunDatasets, model_args: ModelArguments) 
     """The ``before_*`` metrics (empty without an eval split or with evaluate_before_training off)."""
     if datasets.eval is None or not model_args.evaluate_before_training:
         return {}
-    return trainer.evaluate(metric_key_prefix="before")
+    before = trainer.evaluate(metric_key_prefix="before")
+    before.pop("epoch", None)  # Trainer's log adds the epoch (0) to the metrics: it is not a result
+    return before
 
 
 def train_and_evaluate(trainer, datasets: RunDatasets, resume: str | None, before: dict[str, float],
@@ -57,7 +62,11 @@ def train_and_evaluate(trainer, datasets: RunDatasets, resume: str | None, befor
     args = trainer.args
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()
-    results: dict[str, Any] = {**train_result.metrics, **before}
+    results: dict[str, Any] = {**before, **train_result.metrics}
+    if datasets.streaming:  # one endless pass over the stream: an epoch count would mean nothing
+        results.pop("epoch", None)
+    else:
+        results["epoch"] = trainer.state.epoch  # the epochs trained
     pred = trainer.predict(datasets.eval, metric_key_prefix="eval") if datasets.eval is not None else None
     if pred is not None:
         results.update(pred.metrics)
