@@ -63,6 +63,39 @@ def make_checkpoint(model_type: str, path, seed: int = 0, num_labels: int = 4, *
     return str(path)
 
 
+class RandomImages(torch.utils.data.Dataset):
+    """Seeded random images and labels in Trainer's format (``pixel_values``, ``labels``)."""
+
+    def __init__(self, n: int = 32, channels: int = 3, size: int = 40, num_labels: int = 4, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, channels, size, size, generator=g)
+        self.y = torch.randint(0, num_labels, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"pixel_values": self.x[i], "labels": self.y[i]}
+
+
+@pytest.fixture(scope="session")
+def random_images() -> type[RandomImages]:
+    """The `RandomImages` dataset class: ``random_images(n=8, channels=1, size=64, num_labels=3)``."""
+    return RandomImages
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory():
+    """`make_checkpoint(model_type, path, seed=0, num_labels=4, **config_overrides)`: a saved tiny checkpoint."""
+    return make_checkpoint
+
+
+@pytest.fixture(params=NATIVE_TYPES)
+def native_type(request) -> str:
+    """Each transformers-native model type, one test per type."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """model_type -> directory of a saved tiny checkpoint (built once per test session)."""

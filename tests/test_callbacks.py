@@ -20,19 +20,6 @@ from hf_transfer_cnn.freezing import units_for
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Data(torch.utils.data.Dataset):
-    def __init__(self, n=32, size=40, num_labels=4, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 3, size, size, generator=g)
-        self.y = torch.randint(0, num_labels, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.x[i], "labels": self.y[i]}
-
-
 def flat(params) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).clone() for p in params])
 
@@ -74,7 +61,7 @@ def first_change(rec: Recorder, name: str) -> int | None:
 
 
 @pytest.mark.parametrize("use_transfer_model", [False, True])
-def test_unchanged_trainer_script(tiny_checkpoints, tmp_path, use_transfer_model):
+def test_unchanged_trainer_script(random_images, tiny_checkpoints, tmp_path, use_transfer_model):
     """Only `callbacks=[FreezeScheduler(...)]` added: the top stage trains from the step on, the rest never."""
     path = tiny_checkpoints["resnet"]
     if use_transfer_model:
@@ -84,7 +71,7 @@ def test_unchanged_trainer_script(tiny_checkpoints, tmp_path, use_transfer_model
     units = units_for(model)
     bn0 = {u.name: buffers(u) for u in units}
     rec = Recorder(model)
-    trainer = T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(),
+    trainer = T.Trainer(model=model, args=targs(tmp_path), train_dataset=random_images(),
                         callbacks=[FreezeScheduler(unfreeze_at_step=3, num_stages=1), rec])
     trainer.train()
     top = units[-1].name
@@ -103,11 +90,11 @@ SCHEDULERS = ["linear", "cosine", "constant", "constant_with_warmup", "polynomia
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
-def test_logged_lr_is_used_lr_and_scaled(tiny_checkpoints, tmp_path, scheduler):
+def test_logged_lr_is_used_lr_and_scaled(random_images, tiny_checkpoints, tmp_path, scheduler):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["mobilenet_v2"])
     rec = Recorder(model)
     args = targs(tmp_path, max_steps=8, lr_scheduler_type=scheduler, warmup_steps=2)
-    trainer = T.Trainer(model=model, args=args, train_dataset=Data(),
+    trainer = T.Trainer(model=model, args=args, train_dataset=random_images(),
                         callbacks=[FreezeScheduler(unfreeze_at_step=4, num_stages=2, lr_factor=0.1), rec])
     trainer.train()
     # The reference: the same HF scheduler, unmodified, on a dummy optimizer.
@@ -127,55 +114,55 @@ def test_logged_lr_is_used_lr_and_scaled(tiny_checkpoints, tmp_path, scheduler):
         assert all(lr == used[step] for lr in rec.lr_used[step])
 
 
-def _resume_run(ckpt, out, resume=None, max_steps=8):
+def _resume_run(ckpt, out, resume=None, max_steps=8, *, random_images):
     torch.manual_seed(0)
     model = TransferModel.from_pretrained(ckpt, num_labels=4, head={"hidden_sizes": [16], "dropout": 0.3})
     args = T.TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
                                learning_rate=0.05, weight_decay=0.1, use_cpu=True, report_to=[], save_steps=2,
                                save_strategy="steps", logging_steps=1, disable_tqdm=True, seed=0, data_seed=0)
     sched = FreezeScheduler(unfreeze_at_step=5, num_stages=2, lr_factor=0.2, stage_lr_decay=0.5)
-    trainer = T.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[sched])
+    trainer = T.Trainer(model=model, args=args, train_dataset=random_images(), callbacks=[sched])
     trainer.train(resume_from_checkpoint=resume)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_resume_before_and_after_unfreeze_is_bit_identical(tiny_checkpoints, tmp_path):
+def test_resume_before_and_after_unfreeze_is_bit_identical(random_images, tiny_checkpoints, tmp_path):
     ckpt = tiny_checkpoints["mobilenet_v2"]
-    full = _resume_run(ckpt, tmp_path / "full")
+    full = _resume_run(ckpt, tmp_path / "full", random_images=random_images)
     for ck in ("checkpoint-4", "checkpoint-6"):  # saved before / after the unfreeze at step 5
         out = tmp_path / f"resume_{ck}"
         shutil.copytree(tmp_path / "full", out)
         for later in out.glob("checkpoint-*"):
             if int(later.name.split("-")[1]) > int(ck.split("-")[1]):
                 shutil.rmtree(later)
-        resumed = _resume_run(ckpt, out, resume=str(out / ck))
+        resumed = _resume_run(ckpt, out, resume=str(out / ck), random_images=random_images)
         for k, v in full.items():
             assert torch.equal(v, resumed[k]), f"{k} differs after resuming from {ck}"
 
 
 @pytest.mark.parametrize("gas", [2, 4])
-def test_gradient_accumulation_counts_optimizer_steps(tiny_checkpoints, tmp_path, gas):
+def test_gradient_accumulation_counts_optimizer_steps(random_images, tiny_checkpoints, tmp_path, gas):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     rec = Recorder(model)
     args = targs(tmp_path, max_steps=5, per_device_train_batch_size=2, gradient_accumulation_steps=gas)
-    T.Trainer(model=model, args=args, train_dataset=Data(n=64),
+    T.Trainer(model=model, args=args, train_dataset=random_images(n=64),
               callbacks=[FreezeScheduler(unfreeze_at_step=2, num_stages=1), rec]).train()
     top = rec.units[-1].name
     assert first_change(rec, top) == 3
     assert sorted(rec.snap) == [0, 1, 2, 3, 4, 5]
 
 
-def test_epoch_trigger(tiny_checkpoints, tmp_path):
+def test_epoch_trigger(random_images, tiny_checkpoints, tmp_path):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     rec = Recorder(model)
     args = targs(tmp_path, max_steps=-1, num_train_epochs=2)  # 32 images / batch 4 = 8 steps per epoch
-    T.Trainer(model=model, args=args, train_dataset=Data(),
+    T.Trainer(model=model, args=args, train_dataset=random_images(),
               callbacks=[FreezeScheduler(unfreeze_at_epoch=1, num_stages="all", lr_factor=0.5), rec]).train()
     for u in rec.units:
         assert first_change(rec, u.name) == 9, u.name
 
 
-def test_gradual_schedule_and_stage_lr_decay(tiny_checkpoints, tmp_path):
+def test_gradual_schedule_and_stage_lr_decay(random_images, tiny_checkpoints, tmp_path):
     """Multi-phase schedule; with SGD the effective per-stage step equals lr * decay**depth * grad."""
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     units = units_for(model)
@@ -194,7 +181,7 @@ def test_gradual_schedule_and_stage_lr_decay(tiny_checkpoints, tmp_path):
     args = targs(tmp_path, max_steps=6, optim="sgd", weight_decay=0.0, lr_scheduler_type="constant",
                  max_grad_norm=0.0)
     sched = FreezeScheduler(schedule=[(0, 0), (2, 1), (4, "all")], lr_factor=0.5, stage_lr_decay=0.5)
-    trainer = T.Trainer(model=model, args=args, train_dataset=Data(), callbacks=[sched, Probe()])
+    trainer = T.Trainer(model=model, args=args, train_dataset=random_images(), callbacks=[sched, Probe()])
     trainer.train()
     assert before[1]["lr"] == pytest.approx(0.05) and before[2]["lr"] == pytest.approx(0.025)
     for step, n in [(0, 0), (1, 0), (2, 1), (3, 1), (4, 5), (5, 5)]:
@@ -213,7 +200,7 @@ def test_gradual_schedule_and_stage_lr_decay(tiny_checkpoints, tmp_path):
     assert logged[4]["learning_rate_stem"] == pytest.approx(logged[4]["learning_rate"] * 0.5 ** 5)
 
 
-def test_plain_accelerate_loop(tiny_checkpoints):
+def test_plain_accelerate_loop(random_images, tiny_checkpoints):
     from accelerate import Accelerator
 
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["convnext"])
@@ -222,7 +209,7 @@ def test_plain_accelerate_loop(tiny_checkpoints):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     scheduler = T.get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=4)
     accelerator = Accelerator(cpu=True)
-    loader = torch.utils.data.DataLoader(Data(n=16), batch_size=4)
+    loader = torch.utils.data.DataLoader(random_images(n=16), batch_size=4)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     fs.attach(optimizer, scheduler, max_steps=4)
     units = units_for(accelerator.unwrap_model(model))
@@ -242,7 +229,7 @@ def test_plain_accelerate_loop(tiny_checkpoints):
     assert lrs == pytest.approx([1e-2, 0.75e-2, 0.1 * 0.5e-2, 0.1 * 0.25e-2])
 
 
-def _accelerate_lr_run(ckpt, start=0, stop=8, state=None):
+def _accelerate_lr_run(ckpt, start=0, stop=8, state=None, *, random_images):
     """The README's plain Accelerate loop on optimizer steps [start, stop); returns (lr used per step, saved state)."""
     from accelerate import Accelerator
 
@@ -257,7 +244,7 @@ def _accelerate_lr_run(ckpt, start=0, stop=8, state=None):
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
     fs.attach(opt, sched, max_steps=8, global_step=start)
-    data = Data(n=2)
+    data = random_images(n=2)
     batch = {"pixel_values": data.x, "labels": data.y}
     lrs = {}
     for step in range(start, stop):
@@ -271,7 +258,7 @@ def _accelerate_lr_run(ckpt, start=0, stop=8, state=None):
 
 
 @pytest.mark.parametrize("num_processes", [1, 2])
-def test_plain_accelerate_loop_lr_follows_optimizer_steps(tiny_checkpoints, monkeypatch, num_processes):
+def test_plain_accelerate_loop_lr_follows_optimizer_steps(random_images, tiny_checkpoints, monkeypatch, num_processes):
     """Under `accelerate launch --num_processes N` Accelerate steps the torch scheduler N times per optimizer step
     (split_batches=False). The lr factor must still switch at the unfreeze step, also after resuming."""
     import accelerate.scheduler
@@ -296,17 +283,17 @@ def test_plain_accelerate_loop_lr_follows_optimizer_steps(tiny_checkpoints, monk
     expected = [reference[s] * (0.1 if s >= 4 else 1.0) for s in range(8)]
 
     ckpt = tiny_checkpoints["resnet"]
-    full, _ = _accelerate_lr_run(ckpt)
+    full, _ = _accelerate_lr_run(ckpt, random_images=random_images)
     for step in range(8):
         assert full[step] == pytest.approx([expected[step]] * len(full[step]), rel=1e-9, abs=1e-15), step
     for resume_at in (2, 6):  # a checkpoint saved before / after the unfreeze at step 4
-        _, state = _accelerate_lr_run(ckpt, stop=resume_at)
-        resumed, _ = _accelerate_lr_run(ckpt, start=resume_at, state=state)
+        _, state = _accelerate_lr_run(ckpt, stop=resume_at, random_images=random_images)
+        resumed, _ = _accelerate_lr_run(ckpt, start=resume_at, state=state, random_images=random_images)
         for step in range(resume_at, 8):
             assert resumed[step] == pytest.approx(full[step], rel=1e-9, abs=1e-15), (resume_at, step)
 
 
-def test_lr_factor_without_scheduler_is_refused(tiny_checkpoints):
+def test_lr_factor_without_scheduler_is_refused(random_images, tiny_checkpoints):
     """attach(optimizer) alone cannot apply lr_factor: a clear error; the suggested constant LambdaLR works."""
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     fs = FreezeScheduler(unfreeze_at_step=2, num_stages=1, lr_factor=0.1)
@@ -333,7 +320,7 @@ def test_lr_factor_without_scheduler_is_refused(tiny_checkpoints):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     fs.attach(opt, max_steps=4)
     top = list(units_for(model)[-1].parameters())
-    data = Data(n=2)
+    data = random_images(n=2)
     model(pixel_values=data.x, labels=data.y).loss.backward()
     before, grad = flat(top), torch.cat([p.grad.reshape(-1) for p in top])
     opt.step()
@@ -385,44 +372,44 @@ def test_bad_constructor_arguments():
         FreezeScheduler(unfreeze_at_step=3, num_stages=1, lr_factor=0)
 
 
-def test_too_many_stages(tiny_checkpoints, tmp_path):
+def test_too_many_stages(random_images, tiny_checkpoints, tmp_path):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     with pytest.raises(ValueError, match="only 5 stages"):
-        T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(),
+        T.Trainer(model=model, args=targs(tmp_path), train_dataset=random_images(),
                   callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=7)])
 
 
-def test_unfreeze_after_max_steps_warns(tiny_checkpoints, tmp_path, caplog):
+def test_unfreeze_after_max_steps_warns(random_images, tiny_checkpoints, tmp_path, caplog):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
-    trainer = T.Trainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=Data(),
+    trainer = T.Trainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=random_images(),
                         callbacks=[FreezeScheduler(unfreeze_at_step=5, num_stages=1)])
     with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
         trainer.train()
     assert "will never happen" in caplog.text
 
 
-def test_unsupported_architecture(tmp_path):
+def test_unsupported_architecture(random_images, tmp_path):
     cfg = T.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                       image_size=32, patch_size=16)
     model = T.ViTForImageClassification(cfg)
     with pytest.raises(UnsupportedArchitectureError, match="'vit' is not supported"):
-        T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(size=32),
+        T.Trainer(model=model, args=targs(tmp_path), train_dataset=random_images(size=32),
                   callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1)])
 
 
-def test_unsupported_scheduler(tiny_checkpoints, tmp_path):
+def test_unsupported_scheduler(random_images, tiny_checkpoints, tmp_path):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     args = targs(tmp_path, lr_scheduler_type="reduce_lr_on_plateau", eval_strategy="steps", eval_steps=2)
-    trainer = T.Trainer(model=model, args=args, train_dataset=Data(), eval_dataset=Data(n=4), callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1, lr_factor=0.1)])
+    trainer = T.Trainer(model=model, args=args, train_dataset=random_images(), eval_dataset=random_images(n=4), callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1, lr_factor=0.1)])
     with pytest.raises(ValueError, match="LambdaLR-based scheduler"):
         trainer.train()
 
 
-def test_added_too_late(tiny_checkpoints, tmp_path):
+def test_added_too_late(random_images, tiny_checkpoints, tmp_path):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     for p in model.resnet.parameters():
         p.requires_grad_(False)
-    trainer = T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data())
+    trainer = T.Trainer(model=model, args=targs(tmp_path), train_dataset=random_images())
     trainer.add_callback(FreezeScheduler(unfreeze_at_step=1, num_stages=1))
     with pytest.raises(RuntimeError, match="Trainer\\(callbacks=\\[...\\]\\)"):
         trainer.train()
@@ -540,7 +527,7 @@ def test_trainer_ddp_check_uses_the_flag_trainer_fixed_at_init(tiny_checkpoints)
         FreezeScheduler(unfreeze_at_step=2, num_stages=1).on_init_end(args, None, None, model=model)
 
 
-def test_plain_ddp_loop_checks_find_unused_parameters(tiny_checkpoints, caplog, monkeypatch):
+def test_plain_ddp_loop_checks_find_unused_parameters(random_images, tiny_checkpoints, caplog, monkeypatch):
     """A plain loop under DDP (what `accelerate launch` builds, find_unused_parameters=False by default): attach(...,
     model=ddp) refuses it with the fix, instead of DDP failing at step 2; with find_unused_parameters=True the
     kept stage runs frozen, then trains from its step. One gloo process, real DDP."""
@@ -549,7 +536,7 @@ def test_plain_ddp_loop_checks_find_unused_parameters(tiny_checkpoints, caplog, 
 
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        data = Data(n=8)
+        data = random_images(n=8)
         batch = {"pixel_values": data.x, "labels": data.y}
         for find_unused in (False, True):
             model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
@@ -608,10 +595,10 @@ def test_lr_factor_follows_optimizer_steps_when_the_scheduler_skips_one(tiny_che
     assert lrs == pytest.approx({0: 1.0, 1: 1.0, 2: 1.0, 3: 0.1, 4: 0.1, 5: 0.1})
 
 
-def test_unfreeze_at_step_zero_trains_from_the_start(tiny_checkpoints, tmp_path):
+def test_unfreeze_at_step_zero_trains_from_the_start(random_images, tiny_checkpoints, tmp_path):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     rec = Recorder(model)
-    T.Trainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=Data(),
+    T.Trainer(model=model, args=targs(tmp_path, max_steps=2), train_dataset=random_images(),
               callbacks=[FreezeScheduler(unfreeze_at_step=0, num_stages=1, lr_factor=0.5), rec]).train()
     assert first_change(rec, rec.units[-1].name) == 1
     assert rec.lr_used[0] == [pytest.approx(0.025)] * len(rec.lr_used[0])
@@ -619,33 +606,35 @@ def test_unfreeze_at_step_zero_trains_from_the_start(tiny_checkpoints, tmp_path)
 
 # --- misuse (hardening) ---------------------------------------------------------------------------------------
 
-def test_two_freeze_schedulers_in_one_trainer_are_refused(tiny_checkpoints, tmp_path):
+def test_two_freeze_schedulers_in_one_trainer_are_refused(random_images, tiny_checkpoints, tmp_path):
     """Both would freeze/unfreeze the same stages and fold their factors into one scheduler: refused at Trainer
     creation. A new scheduler for a new Trainer on the same model (a second run) is fine."""
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
     first = FreezeScheduler(unfreeze_at_step=2, num_stages=1)
     with pytest.raises(ValueError, match=r"Two FreezeSchedulers.*one Trainer.*schedule=\[\(step, stages\)"):
-        T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(),
+        T.Trainer(model=model, args=targs(tmp_path), train_dataset=random_images(),
                   callbacks=[first, FreezeScheduler(unfreeze_at_step=4, num_stages=2, lr_factor=0.1)])
     with pytest.raises(ValueError, match="Two FreezeSchedulers"):  # the same instance twice as well
-        T.Trainer(model=model, args=targs(tmp_path), train_dataset=Data(), callbacks=[first, first])
-    kept = T.Trainer(model=model, args=targs(tmp_path, max_steps=1), train_dataset=Data(), callbacks=[first])
-    second = T.Trainer(model=model, args=targs(tmp_path, max_steps=3), train_dataset=Data(),
+        T.Trainer(model=model, args=targs(tmp_path), train_dataset=random_images(), callbacks=[first, first])
+    kept = T.Trainer(model=model, args=targs(tmp_path, max_steps=1), train_dataset=random_images(), callbacks=[first])
+    second = T.Trainer(model=model, args=targs(tmp_path, max_steps=3), train_dataset=random_images(),
                        callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1)])
     second.train()
     assert kept is not None
 
 
 class Stream(torch.utils.data.IterableDataset):  # a streaming dataset: no __len__
+    def __init__(self, data):
+        self.data = data
+
     def __iter__(self):
-        data = Data()
-        for i in range(len(data)):
-            yield data[i]
+        for i in range(len(self.data)):
+            yield self.data[i]
 
 
-def test_unfreeze_at_epoch_with_an_iterable_dataset_names_the_fix(tiny_checkpoints, tmp_path):
+def test_unfreeze_at_epoch_with_an_iterable_dataset_names_the_fix(random_images, tiny_checkpoints, tmp_path):
     model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"])
-    trainer = T.Trainer(model=model, args=targs(tmp_path, max_steps=4), train_dataset=Stream(),
+    trainer = T.Trainer(model=model, args=targs(tmp_path, max_steps=4), train_dataset=Stream(random_images()),
                         callbacks=[FreezeScheduler(unfreeze_at_epoch=1, num_stages=1)])
     with pytest.raises(ValueError, match=r"unfreeze_at_epoch=1 .*no length.*IterableDataset.*unfreeze_at_step"):
         trainer.train()

@@ -14,7 +14,6 @@ import torch
 import transformers as T
 from safetensors.torch import load_file
 
-from conftest import NATIVE_TYPES
 from hf_transfer_cnn import HeadSpec, TransferModel, get_arch
 from hf_transfer_cnn.registry import get_module
 
@@ -39,10 +38,9 @@ def test_arch_spec_facts_beyond_the_first_four_are_by_name():
         ArchSpec("m", ("stem",), "stages", "stem.conv", "stride")
 
 
-@pytest.mark.parametrize("model_type", NATIVE_TYPES)
-def test_registry_forward_matches_native(tiny_checkpoints, model_type):
+def test_registry_forward_matches_native(tiny_checkpoints, native_type):
     """The registry-driven forward is the native forward: same logits on the unmodified checkpoint."""
-    path = tiny_checkpoints[model_type]
+    path = tiny_checkpoints[native_type]
     native = T.AutoModelForImageClassification.from_pretrained(path).eval()
     model = TransferModel.from_pretrained(path).eval()
     assert isinstance(model, type(native)) and isinstance(model, T.PreTrainedModel)
@@ -50,9 +48,8 @@ def test_registry_forward_matches_native(tiny_checkpoints, model_type):
     torch.testing.assert_close(model(x).logits, native(x).logits, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_type", NATIVE_TYPES)
-def test_head_swap_keeps_backbone_bit_identical(tiny_checkpoints, model_type):
-    path = tiny_checkpoints[model_type]
+def test_head_swap_keeps_backbone_bit_identical(tiny_checkpoints, native_type):
+    path = tiny_checkpoints[native_type]
     id2label = {0: "cat", 1: "dog", 2: "bird", 3: "fish", 4: "frog", 5: "ant", 6: "bee"}
     model = TransferModel.from_pretrained(path, id2label=id2label)
     ckpt = _checkpoint_state(path)
@@ -61,7 +58,7 @@ def test_head_swap_keeps_backbone_bit_identical(tiny_checkpoints, model_type):
     assert backbone, "checkpoint has backbone weights"
     for k in backbone:
         assert torch.equal(state[k], ckpt[k]), k
-    head = get_module(model, get_arch(model_type).head)
+    head = get_module(model, get_arch(native_type).head)
     out = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
     assert out.out_features == 7
     assert model.config.num_labels == 7
@@ -71,9 +68,8 @@ def test_head_swap_keeps_backbone_bit_identical(tiny_checkpoints, model_type):
     assert model.eval()(x).logits.shape == (2, 7)
 
 
-@pytest.mark.parametrize("model_type", NATIVE_TYPES)
-def test_grayscale_adaptation_equals_replicated_rgb(tiny_checkpoints, model_type):
-    path = tiny_checkpoints[model_type]
+def test_grayscale_adaptation_equals_replicated_rgb(tiny_checkpoints, native_type):
+    path = tiny_checkpoints[native_type]
     rgb = TransferModel.from_pretrained(path).eval()
     gray = TransferModel.from_pretrained(path, num_channels=1).eval()
     x = torch.randn(3, 1, 40, 40, generator=torch.Generator().manual_seed(2))
@@ -157,10 +153,9 @@ def test_image_processor_outputs_model_input(tiny_checkpoints):
     assert model.eval()(pv).logits.shape == (1, 2)
 
 
-@pytest.mark.parametrize("model_type", NATIVE_TYPES)
-def test_image_size_minimum(tiny_checkpoints, model_type):
-    path = tiny_checkpoints[model_type]
-    minimum = get_arch(model_type).min_image_size
+def test_image_size_minimum(tiny_checkpoints, native_type):
+    path = tiny_checkpoints[native_type]
+    minimum = get_arch(native_type).min_image_size
     for size in (minimum, minimum + 13):
         model = TransferModel.from_pretrained(path, num_labels=3, image_size=size, trainable_stages="all")
         out = model.train()(torch.randn(2, 3, size, size), labels=torch.tensor([0, 2]))
@@ -176,38 +171,24 @@ def _bn_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "num_batches" in k}
 
 
-class _Tiny(torch.utils.data.Dataset):
-    def __init__(self, n=16, channels=3, size=40, num_labels=3, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, channels, size, size, generator=g)
-        self.y = torch.randint(0, num_labels, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.x[i], "labels": self.y[i]}
-
-
-def _train(model, tmp_path, steps=3, **args):
+def _train(model, tmp_path, steps=3, *, random_images, **args):
     targs = T.TrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=4, learning_rate=0.05,
         weight_decay=0.1, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
         disable_tqdm=True, seed=0, **args)
-    T.Trainer(model=model, args=targs, train_dataset=_Tiny(num_labels=model.config.num_labels)).train()
+    T.Trainer(model=model, args=targs, train_dataset=random_images(n=16, num_labels=model.config.num_labels)).train()
 
 
-@pytest.mark.parametrize("model_type", NATIVE_TYPES)
-def test_freezing_through_trainer(tiny_checkpoints, tmp_path, model_type):
+def test_freezing_through_trainer(random_images, tiny_checkpoints, tmp_path, native_type):
     """Frozen params and BN stats bit-identical through Trainer (weight decay on); trainable parts train."""
-    path = tiny_checkpoints[model_type]
+    path = tiny_checkpoints[native_type]
     model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1)
     units = model.stage_units()
     frozen, top = units[:-1], units[-1]
     before = {u.name: [p.detach().clone() for p in u.parameters()] for u in units}
     bn_before = {u.name: [_bn_buffers(m) for m in u.modules] for u in frozen}
     head_before = [p.detach().clone() for p in model.classifier.parameters()]
-    _train(model, tmp_path)
+    _train(model, tmp_path, random_images=random_images)
     for u in frozen:
         assert all(torch.equal(a, b) for a, b in zip(before[u.name], u.parameters())), u.name
         for m, bufs in zip(u.modules, bn_before[u.name]):
@@ -218,12 +199,12 @@ def test_freezing_through_trainer(tiny_checkpoints, tmp_path, model_type):
     assert any(not torch.equal(a, b) for a, b in zip(head_before, model.classifier.parameters())), "head did not train"
 
 
-def test_feature_extraction_trains_only_head(tiny_checkpoints, tmp_path):
+def test_feature_extraction_trains_only_head(random_images, tiny_checkpoints, tmp_path):
     path = tiny_checkpoints["mobilenet_v2"]
     model = TransferModel.from_pretrained(path, num_labels=3)  # trainable_stages=0
     backbone = {k: v.clone() for k, v in model.state_dict().items() if not _is_head(k)}
     head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("classifier")}
-    _train(model, tmp_path)
+    _train(model, tmp_path, random_images=random_images)
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in backbone.items())
     assert any(not torch.equal(v, after[k]) for k, v in head.items())
@@ -414,18 +395,17 @@ def test_transfer_classes_resolve_by_name(tiny_checkpoints):
         getattr(importlib.import_module(cls.__module__), "TransferNoSuchModel")
 
 
-@pytest.mark.parametrize("model_type", NATIVE_TYPES)
-def test_processor_follows_image_size_for_every_family(tiny_checkpoints, model_type):
+def test_processor_follows_image_size_for_every_family(tiny_checkpoints, native_type):
     from PIL import Image
 
-    model = TransferModel.from_pretrained(tiny_checkpoints[model_type], num_labels=2, image_size=56)
+    model = TransferModel.from_pretrained(tiny_checkpoints[native_type], num_labels=2, image_size=56)
     pv = model.image_processor(Image.new("RGB", (90, 70), (10, 200, 30)), return_tensors="pt")["pixel_values"]
     assert tuple(pv.shape[-2:]) == (56, 56)
 
 
 # --- regressions found in review ----------------------------------------------------------------------
 
-def test_gradient_accumulation_scales_the_loss(tiny_checkpoints, tmp_path):
+def test_gradient_accumulation_scales_the_loss(random_images, tiny_checkpoints, tmp_path):
     """bs 4 x 1 and bs 2 x accumulation 2 take the same SGD step (the loss is averaged, not summed)."""
     path = tiny_checkpoints["resnet"]
     heads, initial = [], []
@@ -437,7 +417,7 @@ def test_gradient_accumulation_scales_the_loss(tiny_checkpoints, tmp_path):
                                    gradient_accumulation_steps=gas, learning_rate=0.5, optim="sgd", weight_decay=0.0,
                                    max_grad_norm=0.0, lr_scheduler_type="constant", use_cpu=True, report_to=[],
                                    save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0, data_seed=0)
-        T.Trainer(model=model, args=args, train_dataset=_Tiny(n=4)).train()
+        T.Trainer(model=model, args=args, train_dataset=random_images(num_labels=3, n=4)).train()
         heads.append(model.classifier[1].weight.detach().clone())
     torch.testing.assert_close(initial[0], initial[1], rtol=0, atol=0)
     assert (heads[0] - initial[0]).abs().max() > 1e-3  # a step was taken

@@ -103,18 +103,6 @@ def test_stage_map_covers_the_network(family_dirs, family):
 
 # --- freezing through Trainer ---------------------------------------------------------------------------------------
 
-class Gray(torch.utils.data.Dataset):
-    def __init__(self, n=8, size=64, num_labels=3, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(n, 1, size, size, generator=g)
-        self.y = torch.randint(0, num_labels, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"pixel_values": self.x[i], "labels": self.y[i]}
-
 
 def _flat(tensors) -> torch.Tensor:
     tensors = [t.detach().reshape(-1).float() for t in tensors]
@@ -140,13 +128,13 @@ class Snapshots(TrainerCallback):
         self.by_step[state.global_step] = _snapshot(self.model)
 
 
-def _train(model, tmp_path, callbacks=()):
+def _train(model, tmp_path, callbacks=(), *, random_images):
     args = T.TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=4,
                                learning_rate=0.01, weight_decay=0.1, use_cpu=True, report_to=[],
                                save_strategy="no", logging_strategy="no", disable_tqdm=True, seed=0)
     size = 64 if model.config.model_type != "lenet5" else 32
     rec = Snapshots(model)
-    T.Trainer(model=model, args=args, train_dataset=Gray(size=size), callbacks=[rec, *callbacks]).train()
+    T.Trainer(model=model, args=args, train_dataset=random_images(n=8, channels=1, num_labels=3, size=size), callbacks=[rec, *callbacks]).train()
     return rec
 
 
@@ -173,13 +161,13 @@ def _check_reload(model, tmp_path, trainable_stages):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_freeze_train_save_reload(family_dirs, family, tmp_path):
+def test_freeze_train_save_reload(random_images, family_dirs, family, tmp_path):
     """num_labels=3, num_channels=1, trainable_stages=1, three Trainer steps: the top stage and the head change,
     every lower stage and its BatchNorm statistics stay bit-identical; save -> reload gives identical logits."""
     model = TransferModel.from_pretrained(_dir(family_dirs, family), num_labels=3, num_channels=1, trainable_stages=1)
     names = model.stage_names
     aux = [p.detach().clone() for n, p in model.named_parameters() if ".aux" in n]  # GoogLeNet: never trained
-    rec = _train(model, tmp_path)
+    rec = _train(model, tmp_path, random_images=random_images)
     assert all(torch.equal(a, p) for a, p in zip(aux, [p for n, p in model.named_parameters() if ".aux" in n]))
     _check_frozen_and_trained(rec, frozen=names[:-1], trained=[names[-1], "head"])
     top_bn = rec.by_step[0][names[-1]][1]
@@ -189,14 +177,14 @@ def test_freeze_train_save_reload(family_dirs, family, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_freeze_scheduler_unfreezes_top_stage(family_dirs, family, tmp_path):
+def test_freeze_scheduler_unfreezes_top_stage(random_images, family_dirs, family, tmp_path):
     """FreezeScheduler(unfreeze_at_step=1, num_stages=1): the head trains from step 0, the top stage from step 1
     on, the rest never (BatchNorm statistics included); save -> reload gives identical logits."""
     from hf_transfer_cnn import FreezeScheduler
 
     model = TransferModel.from_pretrained(_dir(family_dirs, family), num_labels=3, num_channels=1)
     names = model.stage_names
-    rec = _train(model, tmp_path, callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1)])
+    rec = _train(model, tmp_path, callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1)], random_images=random_images)
     assert torch.equal(rec.by_step[0][names[-1]][0], rec.by_step[1][names[-1]][0])  # still frozen at step 1
     assert not torch.equal(rec.by_step[0]["head"][0], rec.by_step[1]["head"][0])
     _check_frozen_and_trained(rec, frozen=names[:-1], trained=[names[-1]], start=1)

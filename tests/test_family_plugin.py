@@ -84,19 +84,6 @@ def toy_checkpoint(tmp_path_factory) -> str:
     return str(path)
 
 
-class RandomImages(torch.utils.data.Dataset):
-    def __init__(self, n: int = 12, num_labels: int = 3):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.randn(n, 3, 32, 32, generator=g)
-        self.y = torch.randint(0, num_labels, (n,), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"pixel_values": self.x[i], "labels": self.y[i]}
-
-
 def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -140,7 +127,7 @@ def test_transfer_model_matches_the_native_model(toy_checkpoint):
     assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("stages.2.", "classifier."))}
 
 
-def test_freeze_scheduler_trains_the_toy_family(toy_checkpoint, tmp_path):
+def test_freeze_scheduler_trains_the_toy_family(random_images, toy_checkpoint, tmp_path):
     model = TransferModel.from_pretrained(toy_checkpoint, num_labels=3, trainable_stages=1)
     units = {u.name: u.modules for u in model.stage_units()}
     parts = {"stem+stage1": nn.ModuleList(units["stem"] + units["stage1"]), "stage2": units["stage2"][0],
@@ -150,7 +137,7 @@ def test_freeze_scheduler_trains_the_toy_family(toy_checkpoint, tmp_path):
                                learning_rate=0.01, use_cpu=True, report_to=[], save_strategy="no",
                                remove_unused_columns=False, disable_tqdm=True, seed=0)
     scheduler, stage2 = FreezeScheduler(unfreeze_at_step=2, num_stages=2, lr_factor=0.1), StepSnapshots(parts["stage2"])
-    T.Trainer(model=model, args=args, train_dataset=RandomImages(), callbacks=[scheduler, stage2]).train()
+    T.Trainer(model=model, args=args, train_dataset=random_images(n=12, size=32, num_labels=3), callbacks=[scheduler, stage2]).train()
     after = {name: _snapshot(m) for name, m in parts.items()}
     assert _same(before["stem+stage1"], after["stem+stage1"])  # frozen throughout: bit-identical, BN stats too
     for name in ("stage2", "stage3", "head"):  # stage2 unfrozen at step 2, stage3 and the head train from step 0

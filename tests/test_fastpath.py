@@ -8,7 +8,6 @@ import pickle
 import pytest
 import torch
 
-from conftest import NATIVE_TYPES
 from hf_transfer_cnn import FastOptions, TransferModel
 from hf_transfer_cnn.fastpath import FAST_ATTR as _FAST
 from hf_transfer_cnn.fastpath import PREFIX_ATTR as _PREFIX
@@ -22,9 +21,8 @@ def _slots(model):
     return [m.__dict__[_FAST] for m in model.modules() if _FAST in m.__dict__]
 
 
-@pytest.mark.parametrize("model_type", NATIVE_TYPES)
-def test_fast_frozen_path_matches_plain(tiny_checkpoints, model_type):
-    path = tiny_checkpoints[model_type]
+def test_fast_frozen_path_matches_plain(tiny_checkpoints, native_type):
+    path = tiny_checkpoints[native_type]
     fast = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).train()
     plain = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1)
     plain.load_state_dict(fast.state_dict())
@@ -52,11 +50,11 @@ def test_fast_frozen_path_matches_plain(tiny_checkpoints, model_type):
     # Modules whose forward turns tensor shapes into Python numbers (BiT's dynamic padding, MobileNet's TF padding)
     # trace with warnings and stay eager copies, by design; the others run as frozen inference graphs (one for the
     # whole frozen prefix where it reproduces the modules, else one per module).
-    if model_type in ("resnet", "regnet", "convnext", "convnextv2", "efficientnet"):
+    if native_type in ("resnet", "regnet", "convnext", "convnextv2", "efficientnet"):
         assert any(is_inference_graph(c) for c in graphs), "no frozen inference graph on CPU"
     slots = _slots(eager)
     assert slots and all(s.copy is not None and not is_inference_graph(s.copy) for s in slots)
-    if model_type in BN_TYPES:
+    if native_type in BN_TYPES:
         remaining = sum(isinstance(m, torch.nn.BatchNorm2d) for s in slots for m in s.copy.modules())
         original = sum(isinstance(m, torch.nn.BatchNorm2d) for u in fast.stage_units()[:-1] for mod in u.modules
                        for m in mod.modules())

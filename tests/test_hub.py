@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_checkpoint
 from hub_server import dead_hub, fake_hub  # noqa: F401 - pytest fixtures
 from PIL import Image
 
@@ -40,10 +39,10 @@ def _pixels(seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def trained_output(tmp_path_factory):
+def trained_output(checkpoint_factory, tmp_path_factory):
     """A finished-run output folder: weights, config, processor, README, plots, results, plus excluded stuff."""
     root = tmp_path_factory.mktemp("hub_run")
-    base = make_checkpoint("resnet", root / "base")
+    base = checkpoint_factory("resnet", root / "base")
     model = TransferModel.from_pretrained(base, num_labels=3).eval()
     out = root / "output"
     model.save_pretrained(out)
@@ -130,10 +129,10 @@ def test_push_output_dir_without_xet_uses_plain_commit(fake_hub, trained_output,
 
 # --- (b) transformers' own push_to_hub --------------------------------------------------------------------
 
-def test_model_push_to_hub(fake_hub, tmp_path):  # noqa: F811
+def test_model_push_to_hub(checkpoint_factory, fake_hub, tmp_path):  # noqa: F811
     from transformers import AutoModelForImageClassification
 
-    model = TransferModel.from_pretrained(make_checkpoint("convnext", tmp_path / "base"), num_labels=3).eval()
+    model = TransferModel.from_pretrained(checkpoint_factory("convnext", tmp_path / "base"), num_labels=3).eval()
     commit = model.push_to_hub("fake-user/pushed")
     assert commit.startswith(fake_hub.url)
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(
@@ -149,12 +148,12 @@ def test_model_push_to_hub(fake_hub, tmp_path):  # noqa: F811
     torch.testing.assert_close(plain, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_save_pretrained_push_to_hub_uploads_the_complete_folder(fake_hub, tmp_path):  # noqa: F811
+def test_save_pretrained_push_to_hub_uploads_the_complete_folder(checkpoint_factory, fake_hub, tmp_path):  # noqa: F811
     """save_pretrained(dir, push_to_hub=True) uploads what the folder ends up holding: the native architecture name
     and the (1-channel, 40 px) image processor, not the state halfway through saving."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    model = TransferModel.from_pretrained(make_checkpoint("resnet", tmp_path / "base"), num_labels=3, num_channels=1,
+    model = TransferModel.from_pretrained(checkpoint_factory("resnet", tmp_path / "base"), num_labels=3, num_channels=1,
                                           image_size=40).eval()
     local = tmp_path / "local"
     model.save_pretrained(local, push_to_hub=True, repo_id="fake-user/saved-and-pushed", commit_message="first")
@@ -344,7 +343,7 @@ def test_model_card_variants(tmp_path):
 
 
 @pytest.mark.parametrize("num_channels", [1, 3, 4])
-def test_card_snippet_runs_with_plain_transformers(tmp_path, num_channels):
+def test_card_snippet_runs_with_plain_transformers(checkpoint_factory, tmp_path, num_channels):
     """The card's "How to use" code, run as written in a process without hf_transfer_cnn on a saved model (the
     repo id pointed at the folder): it prints the class the model predicts. For gray or 4-channel models it is not
     pipeline(), which converts images to RGB and fails on them (4 channels: a normalised tensor)."""
@@ -352,7 +351,7 @@ def test_card_snippet_runs_with_plain_transformers(tmp_path, num_channels):
     import subprocess
     import sys
 
-    path = make_checkpoint("resnet", tmp_path / "base", num_labels=2)
+    path = checkpoint_factory("resnet", tmp_path / "base", num_labels=2)
     model = TransferModel.from_pretrained(path, id2label={0: "cat", 1: "dog"}, num_channels=num_channels,
                                           image_size=32).eval()
     model.save_pretrained(tmp_path / "out")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_checkpoint
 from hf_transfer_cnn.recipe import parse_recipe_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +22,7 @@ QUICKSTART = str(REPO / "recipes" / "quickstart.yaml")
 
 
 @pytest.fixture(scope="module")
-def tiny_setup(tmp_path_factory) -> dict[str, str]:
+def tiny_setup(checkpoint_factory, tmp_path_factory) -> dict[str, str]:
     """One tiny ResNet checkpoint and an imagefolder of 2 classes x 4 images (32 px) for train and validation."""
     from hf_transfer_cnn.data import write_imagefolder
 
@@ -33,7 +32,7 @@ def tiny_setup(tmp_path_factory) -> dict[str, str]:
         images = [np.clip(np.array(rgb) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
                   for rgb in [(220, 30, 30)] * 4 + [(30, 40, 220)] * 4]
         write_imagefolder(root / "data", images, [0] * 4 + [1] * 4, ["red", "blue"], split=split)
-    return {"ckpt": make_checkpoint("resnet", root / "ckpt", num_labels=4), "train": str(root / "data" / "train"),
+    return {"ckpt": checkpoint_factory("resnet", root / "ckpt", num_labels=4), "train": str(root / "data" / "train"),
             "validation": str(root / "data" / "validation")}
 
 

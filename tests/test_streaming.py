@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_checkpoint
 from hf_transfer_cnn import TransferModel
 from hf_transfer_cnn.data import DataArguments, TransformArguments
 from hf_transfer_cnn.recipe import parse_recipe_args, run_finetune
@@ -26,7 +25,7 @@ TRAINED = ("stage3", "stage4")  # the top 2 stages, unfrozen at step 2
 
 
 @pytest.fixture(scope="module")
-def stream_setup(tmp_path_factory) -> dict[str, str]:
+def stream_setup(checkpoint_factory, tmp_path_factory) -> dict[str, str]:
     """A tiny ResNet and an imagefolder: train 2 classes x 4 images (+ one unreadable file), validation 2 x 2."""
     from hf_transfer_cnn.data import write_imagefolder
 
@@ -37,7 +36,7 @@ def stream_setup(tmp_path_factory) -> dict[str, str]:
                   for rgb in [(220, 30, 30)] * n + [(30, 40, 220)] * n]
         write_imagefolder(root / "data", images, [0] * n + [1] * n, ["red", "blue"], split=split)
     (root / "data" / "train" / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    return {"ckpt": make_checkpoint("resnet", root / "ckpt", num_labels=4), "train": str(root / "data" / "train"),
+    return {"ckpt": checkpoint_factory("resnet", root / "ckpt", num_labels=4), "train": str(root / "data" / "train"),
             "validation": str(root / "data" / "validation")}
 
 
