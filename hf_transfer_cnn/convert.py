@@ -370,6 +370,13 @@ def _check_output(output_dir: str | os.PathLike, overwrite: bool, own: Path | No
     return out
 
 
+def _umask_mode(mode: int) -> int:
+    """`mode` less the process umask (read without changing it for longer than the call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def _write(output_dir: Path, model: PreTrainedModel, processor, overwrite: bool) -> None:
     """Save into a temporary directory, then move it into place (nothing half-written on failure).
 
@@ -383,6 +390,7 @@ def _write(output_dir: Path, model: PreTrainedModel, processor, overwrite: bool)
     try:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        tmp.chmod(_umask_mode(0o777))  # mkdtemp makes it 0700: the folder follows the umask, as mkdir would
         if not existing:
             if output_dir.exists():
                 raise FileExistsError(f"Output directory {str(output_dir)!r} appeared while converting; not "

@@ -440,31 +440,46 @@ def test_fsdp_and_deepspeed_refused_with_what_the_schedule_does(tiny_checkpoints
         assert "keeps the frozen stages out of the optimizer" in msg
 
 
-def test_tf_style_bn_momentum_in_trained_stages_is_warned_about(tiny_checkpoints, caplog):
+def test_tf_style_bn_momentum_in_trained_stages_is_converted(tiny_checkpoints, caplog, random_images, tmp_path):
     """A plain transformers MobileNetV2 keeps TensorFlow's BN decay (0.997) as PyTorch momentum: its running stats
-    would follow the last batch once a stage trains. FreezeScheduler says so, with the fix; after the fix, or for a
-    TransferModel (converted on load) or a ResNet (0.1), or when no stage ever trains, it is silent."""
+    would follow the last batch once a stage trains. FreezeScheduler converts it in the stages it trains (one INFO
+    line), so two lines suffice; with fix_batchnorm_momentum=False it only warns, with the fix."""
     from hf_transfer_cnn import fix_tf_bn_momentum
 
-    def warned(model, **kw) -> bool:
+    def bns(model, unit=-1):
+        return [m for mod in units_for(model)[unit].modules for m in mod.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    def prepare(model, **kw) -> str:
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn"):
+        with caplog.at_level(logging.INFO, logger="hf_transfer_cnn"):
             FreezeScheduler(**kw).prepare_model(model)
-        return "fix_tf_bn_momentum(model)" in caplog.text
+        return caplog.text
 
     plain = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["mobilenet_v2"])
-    top = units_for(plain)[-1]
-    bns = [m for mod in top.modules for m in mod.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert bns and all(m.momentum == pytest.approx(0.997) for m in bns)
-    assert warned(plain, unfreeze_at_step=2, num_stages=1)
-    assert "momentum 0.997" in caplog.text
-    assert not warned(plain, schedule=[(0, 0)])  # feature extraction: no BN layer trains
-    assert fix_tf_bn_momentum(plain) > 0 and all(m.momentum == pytest.approx(0.003) for m in bns)
-    assert not warned(plain, unfreeze_at_step=2, num_stages=1)
-    assert not warned(TransferModel.from_pretrained(tiny_checkpoints["mobilenet_v2"]), unfreeze_at_step=2,
-                      num_stages="all")
-    assert not warned(T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["resnet"]),
-                      unfreeze_at_step=2, num_stages="all")
+    assert bns(plain) and all(m.momentum == pytest.approx(0.997) for m in bns(plain))
+    text = prepare(plain, unfreeze_at_step=2, num_stages=1, fix_batchnorm_momentum=False)
+    assert "fix_tf_bn_momentum(model)" in text and "momentum 0.997" in text
+    assert all(m.momentum == pytest.approx(0.997) for m in bns(plain))
+    text = prepare(plain, schedule=[(0, 0)])  # feature extraction: no BN layer trains, nothing converted
+    assert "converted" not in text and all(m.momentum == pytest.approx(0.997) for m in bns(plain))
+    text = prepare(plain, unfreeze_at_step=2, num_stages=1)
+    assert text.count("BatchNorm momentum of") == 1 and "fix_tf_bn_momentum(model)" not in text
+    assert all(m.momentum == pytest.approx(0.003) for m in bns(plain))
+    assert all(m.momentum == pytest.approx(0.997) for m in bns(plain, unit=0))  # frozen throughout: untouched
+    assert fix_tf_bn_momentum(plain) > 0  # the rest, by hand, is still possible
+    assert "converted" not in prepare(TransferModel.from_pretrained(tiny_checkpoints["mobilenet_v2"]),
+                                      unfreeze_at_step=2, num_stages="all")
+
+    # the two-line script: running statistics of a trained stage move by the PyTorch momentum, not to the last batch
+    model = T.AutoModelForImageClassification.from_pretrained(tiny_checkpoints["mobilenet_v2"])
+    top = bns(model)
+    before = [m.running_var.clone() for m in top]
+    args = T.TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=4,
+                               use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True)
+    T.Trainer(model=model, args=args, train_dataset=random_images(n=4, size=64, num_labels=4),
+              callbacks=[FreezeScheduler(unfreeze_at_step=0, num_stages=1)]).train()
+    moved = max(float(((m.running_var - b).abs() / b.abs().clamp_min(1e-3)).max()) for m, b in zip(top, before))
+    assert 0 < moved < 0.05  # with momentum 0.997 the stats jump to the batch's (23-73 % measured)
 
 
 class DdpArgs:  # what a 2-process Trainer run looks like to the callback

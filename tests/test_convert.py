@@ -10,6 +10,7 @@ import gc
 import importlib.metadata
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -480,3 +481,17 @@ def test_real_mobilenet_v2_weights(tmp_path):
     probs = logits.softmax(-1)[0]
     top = int(probs.argmax())
     assert model.config.id2label[top] == "espresso" and probs[top] > 0.9
+
+
+def test_output_folders_follow_the_umask(tmp_path):
+    """init/convert write through a private temporary folder (0700); the folder moved into place follows the
+    umask, as a folder made with mkdir would."""
+    old = os.umask(0o022)
+    try:
+        out = init_checkpoint("lenet5", tmp_path / "shared", seed=0)
+        assert stat.S_IMODE(os.stat(out).st_mode) == 0o755
+        os.umask(0o077)
+        private = init_checkpoint("lenet5", tmp_path / "private", seed=0)
+        assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
+    finally:
+        os.umask(old)

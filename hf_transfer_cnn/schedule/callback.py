@@ -35,7 +35,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..freezing import apply_freeze, units_for
-from ..model import tf_style_batchnorms
+from ..model import TransferMeta, fix_tf_bn_momentum, tf_style_batchnorms
 from .distributed import (check_ddp_wrapper, check_trainer_ddp, check_training_args, trainer_find_unused,
                           unwrap_model)
 from .lr import StageLrMultipliers, scale_lr_schedule, unwrap_optimizer
@@ -101,6 +101,9 @@ class FreezeScheduler(TrainerCallback):
             scheduler's value. Applied through a `LambdaLR`-based scheduler, so ``lr_factor != 1`` needs one.
         stage_lr_decay: discriminative LR: the top trainable stage gets ``stage_lr_decay`` × the head's LR,
             and each lower trainable stage ``stage_lr_decay`` × the one above. Needs the optimizer, not a scheduler.
+        fix_batchnorm_momentum: convert BatchNorm momentum written in TensorFlow's convention (0.997 in a plain
+            transformers MobileNet/EfficientNet) in the stages this schedule trains to PyTorch's (``1 - x``, or the
+            momentum `convert` recorded for torchvision weights); False only warns.
 
     The schedule itself is `plan`, a `FreezeSchedule` (resolved against the model by `prepare_model`).
     """
@@ -114,7 +117,9 @@ class FreezeScheduler(TrainerCallback):
         unfreeze_at_epoch: float | None = None,
         lr_factor: float = 1.0,
         stage_lr_decay: float | None = None,
+        fix_batchnorm_momentum: bool = True,
     ):
+        self.fix_batchnorm_momentum = bool(fix_batchnorm_momentum)
         self.plan: FreezeSchedule = FreezeSchedule.from_triggers(
             unfreeze_at_step, num_stages, schedule=schedule, unfreeze_at_epoch=unfreeze_at_epoch,
             lr_factor=lr_factor, stage_lr_decay=stage_lr_decay)
@@ -152,15 +157,25 @@ class FreezeScheduler(TrainerCallback):
         self.plan = self.plan.resolve([u.name for u in units])
         self._bound.model, self._bound.units, self._bound.phase = model, units, None
         self._apply(0, force=True)
-        trained = [u for u in units if u.name in self.plan.trained_stages]
-        tf_style = [m for u in trained for mod in u.modules for m in tf_style_batchnorms(mod)]
-        if tf_style:
-            logger.warning(
-                "FreezeScheduler: %d BatchNorm layers in the stages this schedule trains have momentum %g, "
-                "TensorFlow's decay convention (transformers' MobileNet/EfficientNet ports); in PyTorch their running "
-                "statistics would follow the last batch. Call hf_transfer_cnn.fix_tf_bn_momentum(model) before "
-                "training, or load the model with TransferModel.from_pretrained, which does.",
-                len(tf_style), tf_style[0].momentum)
+        self._fix_tf_batchnorms(model, [u for u in units if u.name in self.plan.trained_stages])
+
+    def _fix_tf_batchnorms(self, model: nn.Module, trained: list) -> None:
+        """BatchNorm momentum in TensorFlow's decay convention (transformers' MobileNet/EfficientNet ports) in stages
+        this schedule trains: converted to PyTorch's (one INFO line), unless `fix_batchnorm_momentum=False`."""
+        modules = nn.ModuleList([mod for u in trained for mod in u.modules])
+        tf_style = tf_style_batchnorms(modules)
+        if not tf_style:
+            return
+        if self.fix_batchnorm_momentum:
+            config = getattr(model, "config", None)
+            recorded = TransferMeta.of(config).batch_norm_momentum if config is not None else None
+            fix_tf_bn_momentum(modules, momentum=recorded)
+            return
+        logger.warning(
+            "FreezeScheduler: %d BatchNorm layers in the stages this schedule trains have momentum %g, "
+            "TensorFlow's decay convention (transformers' MobileNet/EfficientNet ports); in PyTorch their running "
+            "statistics would follow the last batch. Call hf_transfer_cnn.fix_tf_bn_momentum(model) before "
+            "training, or leave fix_batchnorm_momentum=True.", len(tf_style), tf_style[0].momentum)
 
     def attach(self, optimizer=None, lr_scheduler=None, *, model: nn.Module | None = None,
                max_steps: int | None = None, steps_per_epoch: int | None = None, global_step: int = 0) -> None:
