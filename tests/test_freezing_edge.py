@@ -163,7 +163,7 @@ def test_prefix_graph_per_input_size_built_once(tiny_checkpoints, monkeypatch):
             x = xs[i % 2]
             torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
         assert sorted(s for s, _ in builds) == [(3, 40, 40), (3, 48, 48)]
-        monkeypatch.setattr(F, "_MAX_SHAPES", 2)  # bounded: a third size starts afresh
+        monkeypatch.setattr(runtime, "MAX_SHAPES", 2)  # bounded: a third size starts afresh
         model(torch.randn(3, 3, 56, 56))
     _, graphs = model.__dict__[PREFIX_ATTR].entry
     assert list(graphs) == [((3, 56, 56), torch.float32)]

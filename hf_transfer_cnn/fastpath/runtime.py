@@ -57,7 +57,8 @@ def has_hooks(module: nn.Module, *, own: bool = False, subs: tuple | None = None
     return False
 
 
-_MAX_SHAPES = 8
+MAX_SHAPES = 8
+"""Input signatures a frozen module (or prefix) keeps compiled copies for; a new one beyond it starts afresh."""
 
 
 class FastSlot:
@@ -109,7 +110,7 @@ def fast_call(module: nn.Module, x: torch.Tensor):
         sig = (tuple(x.shape[1:]), x.dtype, x.device, autocast) if use_jit else (x.dtype, x.device, autocast)
         fn = slot.copies.get(sig)
         if fn is None:
-            if len(slot.copies) >= _MAX_SHAPES:
+            if len(slot.copies) >= MAX_SHAPES:
                 slot.copies.clear()
             fn = build_inference_copy(module, x, slot.options, use_jit=use_jit)
             if use_jit and not is_inference_graph(fn):  # it won't trace: stay eager for all sizes
@@ -164,7 +165,7 @@ class _PrefixCache:
                 graph = graphs.get(sig, _MISSING)
                 if graph is _MISSING:
                     graph = build()
-                    graphs = {**graphs, sig: graph} if len(graphs) < _MAX_SHAPES else {sig: graph}
+                    graphs = {**graphs, sig: graph} if len(graphs) < MAX_SHAPES else {sig: graph}
                     self.entry = (base, graphs)
         self.last = (base + sig, graph)
         return graph
