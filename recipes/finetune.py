@@ -18,17 +18,18 @@ import json
 import logging
 import sys
 
-from hf_transfer_cnn.recipe import parse_recipe_args, run_finetune
-from hf_transfer_cnn.hub import HubPushError
+from hf_transfer_cnn.recipe import TrainingDiverged, parse_recipe_args, run_finetune
+from hf_transfer_cnn.hub import HubPushError, redact_logs
 
 
 def main(argv=None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    redact_logs(handlers=True)  # no URL password or token on the console (HTTP clients log request URLs)
     model_args, data_args, transform_args, training_args = parse_recipe_args(argv)
     try:
         results = run_finetune(model_args, data_args, transform_args, training_args)
-    except HubPushError as err:  # training finished and is saved; the message says how to retry the upload
-        print(f"error: {err}", file=sys.stderr)
+    except (HubPushError, TrainingDiverged) as err:  # a failed upload (training is saved) or a diverged run (its
+        print(f"error: {err}", file=sys.stderr)  # good checkpoints are kept): the message says what to do
         return 1
     if training_args.process_index != 0:  # under DDP every process returns; one summary is enough
         return 0

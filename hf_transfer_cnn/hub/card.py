@@ -22,6 +22,7 @@ import yaml
 
 from ..model import TransferMeta
 from ..registry import in_transformers
+from .privacy import portable_base_model
 from .usage import usage_snippet
 
 __all__ = [
@@ -60,7 +61,8 @@ class TransferReport:
     """
 
     base_model: str
-    """The checkpoint the run started from: a Hub id (goes into the ``base_model`` metadata) or a local path."""
+    """The checkpoint the run started from: a Hub id (goes into the ``base_model`` metadata) or a local checkpoint
+    (a path or its folder's name; the card shows only the name)."""
     model_type: str
     class_names: list[str] = field(default_factory=list)
     strategy: str | None = None
@@ -106,6 +108,9 @@ class TransferReport:
     extra_tags: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """Extra free-text lines for the training section."""
+    base_model_local: bool | None = None
+    """True: `base_model` names a local checkpoint, even where it reads like a Hub id (a folder's name); None:
+    judged from the name (an absolute or existing path is local)."""
 
     @classmethod
     def from_model(cls, model: Any, **fields: Any) -> TransferReport:
@@ -223,7 +228,7 @@ def _card_metadata(report: TransferReport, model_name: str, dataset_name: str) -
     data = ModelCardData(  # the Hub's "Use in Transformers" button / widget only where plain transformers works
         library_name="transformers" if report.loadable_with_transformers else "hf-transfer-cnn",
         pipeline_tag="image-classification",
-        base_model=_hub_id(report.base_model),
+        base_model=_base_hub(report),
         datasets=[dataset_id] if dataset_id else None,
         license=report.license,
         tags=tags,
@@ -253,12 +258,19 @@ def _model_name(report: TransferReport, out: Path | None) -> str:
             or (out.resolve().name if out is not None else None) or f"{report.model_type}-transfer")
 
 
+def _base_hub(report: TransferReport) -> str | None:
+    """The base checkpoint's Hub id, or None for a local one."""
+    if report.base_model_local or os.path.isabs(os.path.expanduser(report.base_model or "")):
+        return None
+    return _hub_id(report.base_model)
+
+
 def _base_ref(report: TransferReport) -> str:
-    """Markdown naming the base checkpoint: a Hub link, or the local path."""
-    base_hub = _hub_id(report.base_model)
+    """Markdown naming the base checkpoint: a Hub link, or the local checkpoint's folder name (never its path)."""
+    base_hub = _base_hub(report)
     if base_hub:
         return f"[`{base_hub}`](https://huggingface.co/{base_hub})"
-    return f"a local checkpoint (`{report.base_model}`)"
+    return f"a local checkpoint (`{portable_base_model(report.base_model)}`)"
 
 
 def _intro_section(report: TransferReport, model_name: str, dataset_name: str, base_ref: str) -> list[str]:

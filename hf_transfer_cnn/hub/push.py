@@ -2,7 +2,9 @@
 
 `push_output_dir` uploads everything but training leftovers (`PUSH_IGNORE_PATTERNS`). Any failure raises
 `HubPushError`, whose message says what failed, that the local folder is untouched, and how to retry
-(`retry_instructions`). Local files are only ever read.
+(`retry_instructions`). Local files are only ever read. No message, log line or uploaded file holds the password of
+an ``HF_ENDPOINT`` URL, a token, or a local path: a config.json recording a local base checkpoint by its path is
+uploaded naming the folder instead (the local file is left as it is), see `privacy`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from huggingface_hub.errors import HfHubHTTPError
+
+from .privacy import REDACTED, known_tokens, portable_config, redact, redact_logs
 
 __all__ = ["PUSH_IGNORE_PATTERNS", "HubPushError", "retry_instructions", "push_output_dir"]
 
@@ -30,6 +34,7 @@ PUSH_IGNORE_PATTERNS = [
     "checkpoint-*/",
     "*/checkpoint-[0-9]*/",
     "overwritten-*/",
+    "incomplete-*/",
     "runs/",
     ".ipynb_checkpoints/",
     "__pycache__/",
@@ -54,11 +59,15 @@ _HINTS = {
 }
 
 
+UNCHANGED = "Nothing local was changed"
+"""How a push failure's message starts its line about the local folder."""
+
+
 class HubPushError(RuntimeError):
     """A push to the Hub failed. The local output folder was not changed; the message says how to retry."""
 
     def __init__(self, message: str, *, output_dir: str, repo_id: str, reason: str, retry_command: str,
-                 status_code: int | None = None):
+                 status_code: int | None = None, detail: str | None = None):
         super().__init__(message)
         self.output_dir = output_dir
         self.repo_id = repo_id
@@ -66,13 +75,24 @@ class HubPushError(RuntimeError):
         """"auth", "connection", "offline", "server", "not_found", "rejected" or "other"."""
         self.retry_command = retry_command
         self.status_code = status_code
+        self.detail = detail
+        """What failed, in one line without local paths or secrets (e.g. for a results file)."""
+
+    def with_local_change(self, change: str) -> HubPushError:
+        """This error, its message saying truly that `change` (e.g. "all_results.json records this failure") is
+        the one local change since the push failed."""
+        lines = [f"The only local change: {change}; the output at {self.output_dir!r} is otherwise intact."
+                 if line.startswith(UNCHANGED) else line for line in str(self).splitlines()]
+        return HubPushError("\n".join(lines), output_dir=self.output_dir, repo_id=self.repo_id, reason=self.reason,
+                            retry_command=self.retry_command, status_code=self.status_code, detail=self.detail)
 
 
 def retry_instructions(output_dir: str | os.PathLike, repo_id: str, *, private: bool = False,
                        endpoint: str | None = None) -> tuple[str, str]:
-    """(shell command, python call) that push `output_dir` to `repo_id` again (token from login / HF_TOKEN)."""
+    """(shell command, python call) that push `output_dir` to `repo_id` again (token from login / HF_TOKEN); the
+    credentials of an endpoint URL are shown as ``***``."""
     out = str(Path(output_dir).resolve())
-    custom = endpoint.rstrip("/") if endpoint and endpoint.rstrip("/") != _DEFAULT_ENDPOINT else None
+    custom = redact(endpoint.rstrip("/")) if endpoint and endpoint.rstrip("/") != _DEFAULT_ENDPOINT else None
     env = f"HF_ENDPOINT={shlex.quote(custom)} " if custom else ""
     cmd = (f"{env}hf-transfer-cnn push {shlex.quote(out)} --repo-id {shlex.quote(repo_id)}"
            + (" --private" if private else ""))
@@ -128,23 +148,26 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def _push_error(err: BaseException, folder: Path, repo_id: str, *, stage: str, private: bool, endpoint: str,
-                token_given: bool) -> HubPushError:
+                token_given: bool, secrets: list[str]) -> HubPushError:
     """The `HubPushError` for `err`, raised while `stage`: cause, hint, and the commands that retry the push."""
     reason, status, what = _classify(err)
+    what = redact(what, *secrets)
     cmd, py = retry_instructions(folder, repo_id, private=private, endpoint=endpoint)
     hint = _HINTS[reason]
     if reason == "auth" and token_given:
         hint = "The token passed to push_output_dir was refused. " + hint
+    if REDACTED + "@" in cmd:
+        hint += " (The credentials of HF_ENDPOINT are shown as ***: put them back in, or keep HF_ENDPOINT as set.)"
     message = (
         f"Pushing {str(folder.resolve())!r} to the Hub repo {repo_id!r} failed while {stage}: {what}.\n"
-        f"Nothing local was changed: the output at {str(folder.resolve())!r} is intact.\n"
+        f"{UNCHANGED}: the output at {str(folder.resolve())!r} is intact.\n"
         f"{hint}\n"
         f"Retry with:\n    {cmd}\n"
         f"or from Python:\n    {py}\n"
         "Files that already reached the Hub unchanged are skipped on retry."
     )
-    return HubPushError(message, output_dir=str(folder.resolve()), repo_id=repo_id, reason=reason,
-                        retry_command=cmd, status_code=status)
+    return HubPushError(redact(message, *secrets), output_dir=str(folder.resolve()), repo_id=repo_id, reason=reason,
+                        retry_command=cmd, status_code=status, detail=f"failed while {stage}: {what}")
 
 
 # --- the upload -----------------------------------------------------------------------------------------
@@ -194,20 +217,63 @@ def push_output_dir(
 
     folder = Path(output_dir)
     to_upload = _files_to_upload(folder, repo_id)
+    overrides = _portable_files(folder, to_upload)
     api = HfApi(endpoint=endpoint, token=token)
+    secrets = known_tokens(token)
+    redact_logs(*secrets)  # the HTTP client logs each request's URL, an endpoint's password included
     stage = "creating the repository"
     try:
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         stage = "uploading the files"
-        commit = api.upload_folder(
-            repo_id=repo_url.repo_id,
-            folder_path=folder,
-            repo_type="model",
-            commit_message=commit_message,
-            ignore_patterns=list(PUSH_IGNORE_PATTERNS),
-        )
+        commit = _upload(api, repo_url.repo_id, folder, to_upload, overrides, commit_message)
     except Exception as err:  # noqa: BLE001 - every failure becomes one actionable error
         raise _push_error(err, folder, repo_id, stage=stage, private=private, endpoint=api.endpoint,
-                          token_given=token is not None) from err
-    logger.info("Pushed %d file(s) from %s to %s", len(to_upload), folder, repo_url)
-    return commit
+                          token_given=token is not None, secrets=secrets) from None
+    logger.info("Pushed %d file(s) from %s to %s", len(to_upload), folder, redact(str(repo_url), *secrets))
+    return _redacted_commit(commit)
+
+
+def _upload(api, repo_id: str, folder: Path, to_upload: list[str], overrides: dict[str, bytes], message: str):
+    """One commit of `to_upload`, the files in `overrides` sent with that content instead of the local one."""
+    if not overrides:
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", commit_message=message,
+                                 ignore_patterns=list(PUSH_IGNORE_PATTERNS))
+    from huggingface_hub import CommitOperationAdd
+
+    operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=overrides.get(rel, str(folder / rel)))
+                  for rel in to_upload]
+    return api.create_commit(repo_id=repo_id, operations=operations, repo_type="model", commit_message=message)
+
+
+def _portable_files(folder: Path, to_upload: list[str]) -> dict[str, bytes]:
+    """{file: content to upload instead} for a config.json recording the base checkpoint by a local path: it names
+    the folder instead, and so does README.md wherever it shows that path. The local files are not changed."""
+    if "config.json" not in to_upload:
+        return {}
+    found = portable_config(folder / "config.json")
+    if found is None:
+        return {}
+    content, local, portable = found
+    overrides = {"config.json": content}
+    if "README.md" in to_upload:
+        card = (folder / "README.md").read_bytes()
+        if local.encode() in card:
+            overrides["README.md"] = card.replace(local.encode(), portable.encode())
+    logger.info("config.json records the base checkpoint by a local path: uploading it with "
+                "hf_transfer_cnn.base_model=%r (the folder's name)%s; the local files are unchanged.", portable,
+                ", and README.md with that name for the path" if "README.md" in overrides else "")
+    return overrides
+
+
+def _redacted_commit(commit):
+    """`commit` (a `CommitInfo`) with the credentials of its URLs hidden, when they hold any."""
+    if str(commit) == redact(str(commit)):
+        return commit
+    try:
+        from huggingface_hub import CommitInfo
+
+        return CommitInfo(redact(commit.commit_url), commit.commit_message, commit.commit_description, commit.oid,
+                          _endpoint=redact(getattr(commit, "_endpoint", None) or "") or None,
+                          pr_url=redact(commit.pr_url) if commit.pr_url else None)
+    except Exception:  # noqa: BLE001 - another huggingface_hub's CommitInfo: the URL string is what matters
+        return redact(str(commit))

@@ -4,7 +4,6 @@ checks of freeze options the chosen strategy would not use."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass, field, fields
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..data import DataArguments, TransformArguments
+from .checks import check_file_values, check_values, load_config_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,11 @@ RECIPE_HELP = (
     "dataset_config_name, column and split names (an imagefolder has the columns image and label), and "
     "--dataset_name replaces its train_dir/validation_dir. Any option whose default is None can be unset with "
     "'none' or 'null' (e.g. --dataset_name none, --unfreeze_at_step null). --streaming true reads the training data "
-    "as a stream (needs max_steps; step-based unfreezing only; no cache_features).")
+    "as a stream (needs max_steps; step-based unfreezing only; no cache_features). Random augmentation is seeded "
+    "per sample by (seed, epoch, index), so a run resumed from any checkpoint (epoch boundaries included) gives the "
+    "uninterrupted run's weights, bit for bit on CPU (GPU kernels may be nondeterministic; not with --streaming). "
+    "resume_from_checkpoint last skips checkpoints whose save was cut off (moved to an incomplete-<time> folder); a "
+    "loss that becomes nan/inf stops the run (exit 1) keeping the checkpoints saved before it.")
 """The recipe's --help epilog."""
 
 
@@ -115,17 +119,8 @@ class ModelArguments:
 
 
 def load_config_file(path: str) -> dict:
-    """The argument mapping of a YAML (``.yaml``/``.yml``) or JSON config file."""
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(data).__name__}.")
-    return data
+    """The argument mapping of a YAML (``.yaml``/``.yml``) or JSON config file; a key given twice is an error."""
+    return load_config_mapping(path)
 
 
 def parse_recipe_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TransformArguments, Any]:
@@ -149,6 +144,7 @@ def parse_recipe_args(argv: list[str] | None = None) -> tuple[ModelArguments, Da
     if model_args.strategy not in STRATEGIES:
         raise ValueError(f"strategy={model_args.strategy!r}; use one of {', '.join(STRATEGIES)}.")
     check_freeze_options(model_args, cli, {k for k, v in cfg.items() if v is not None}, known.config)
+    check_values(model_args, transform_args, training_args)
     return model_args, data_args, transform_args, training_args
 
 
@@ -191,6 +187,7 @@ def _config_defaults(parser, config: str, cli: dict[str, str | None]) -> dict:
     if unknown:
         raise ValueError(f"Unknown argument(s) {unknown} in {config}. Valid names are the fields of "
                          "ModelArguments, DataArguments, TransformArguments and TrainingArguments.")
+    check_file_values(parser, cfg, config)
     if set(cli) & set(TRIGGERS):  # an unfreeze trigger on the command line replaces the file's (they exclude)
         for name in set(TRIGGERS) - set(cli):
             if cfg.get(name) is not None:

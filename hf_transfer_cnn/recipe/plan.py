@@ -11,21 +11,11 @@ from typing import Any
 
 from ..schedule.plan import optimizer_steps_per_epoch
 from .args import ModelArguments
+from .checks import parse_schedule
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["parse_schedule", "total_steps", "build_freeze_plan", "default_unfreeze_step", "keep_resumed_schedule"]
-
-
-def parse_schedule(text: str) -> list[tuple[int, int | str]]:
-    """``"0:0,300:2,900:all"`` → ``[(0, 0), (300, 2), (900, "all")]``."""
-    phases = []
-    for part in text.split(","):
-        step, _, stages = part.strip().partition(":")
-        if not stages:
-            raise ValueError(f"schedule entry {part!r} must look like 'step:stages', e.g. '300:2' or '900:all'.")
-        phases.append((int(step), "all" if stages.strip() == "all" else int(stages)))
-    return phases
 
 
 def total_steps(training_args: Any, num_train: int | None) -> int:

@@ -1,21 +1,26 @@
-"""A run's inputs: the data (with the expected class names checked), the model, and the datasets Trainer reads
-(transformed images, or cached backbone features)."""
+"""A run's inputs: the data (with the expected class names checked, and a resumed checkpoint's classes), the model
+(its base recorded by a portable name), and the datasets Trainer reads (transformed images, each sample's random
+augmentation seeded by (seed, epoch, index); or cached backbone features)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..data import (DataArguments, TransformArguments, build_transforms, collate_fn, load_image_classification_data,
                     with_transforms)
 from ..processing import channel_values
 from .args import ModelArguments
+from .seeded import SeededAugmentation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunData", "RunDatasets", "load_data", "check_expected_labels", "load_model", "with_stats",
-           "model_transforms", "build_datasets"]
+__all__ = ["RunData", "RunDatasets", "load_data", "check_expected_labels", "check_resumed_labels", "load_model",
+           "base_is_local", "with_stats", "model_transforms", "build_datasets"]
 
 
 @dataclass
@@ -67,14 +72,49 @@ def check_expected_labels(expected: dict[int, str] | None, id2label: dict[int, s
                          f"{list(id2label.values())}; fix the names/order, or drop expected_label_names.")
 
 
+def check_resumed_labels(resume: str | None, id2label: dict[int, str]) -> None:
+    """A resumed checkpoint's classes (its config.json id2label, in id order) must be the data's: renamed,
+    reordered, added or removed classes would train its head on wrong labels, or fail on its shape."""
+    config = Path(resume) / "config.json" if resume else None
+    if config is None or not config.is_file():
+        return
+    saved = json.loads(config.read_text()).get("id2label") or {}
+    trained = [str(saved[k]) for k in sorted(saved, key=int)]
+    data = [id2label[i] for i in range(len(id2label))]
+    if trained and trained != data:
+        raise ValueError(
+            f"resume_from_checkpoint: {resume} was trained on the classes {trained} (in id order), but the data has "
+            f"{data}. Resuming would train its head on other labels. Resume with the data it was trained on, or "
+            f"start a new run on this data from its weights with --model_name_or_path {resume} and a new "
+            "--output_dir.")
+
+
 def load_model(model_args: ModelArguments, id2label: dict[int, str], trainable_stages: int | str):
-    """The pretrained `TransferModel` with a head for `id2label` and the initial trainable stages."""
+    """The pretrained `TransferModel` with a head for `id2label` and the initial trainable stages; a local base
+    checkpoint is recorded in its config by the folder's name (`portable_base_model`), never by its path."""
+    from ..hub import portable_base_model
     from ..model import TransferModel
 
-    return TransferModel.from_pretrained(
+    model = TransferModel.from_pretrained(
         model_args.model_name_or_path, id2label=id2label, num_channels=model_args.num_channels,
         image_size=model_args.image_size, head=model_args.head_spec(), trainable_stages=trainable_stages,
         revision=model_args.model_revision, token=model_args.token)
+    recorded = model.meta.base_model
+    portable = portable_base_model(recorded)
+    if recorded and portable != recorded:
+        model.meta.updated(base_model=portable).write(model.config)
+        logger.info("config.json records the local base checkpoint by its folder name (hf_transfer_cnn.base_model="
+                    "%r), not by its local path.", portable)
+    return model
+
+
+def base_is_local(model_args: ModelArguments, model) -> bool:
+    """Whether the base checkpoint `model` records is the local folder it was loaded from (its name is then no Hub
+    id). A local fine-tuned model whose record is the Hub checkpoint it started from keeps that record."""
+    from ..hub import portable_base_model
+
+    path = model_args.model_name_or_path
+    return os.path.isdir(os.path.expanduser(path)) and model.meta.base_model == portable_base_model(path)
 
 
 def with_stats(processor, transform_args: TransformArguments, num_channels: int):
@@ -105,8 +145,11 @@ def build_datasets(model, data: RunData, model_args: ModelArguments, data_args: 
     cols = dict(image_column=data_args.image_column_name, label_column=data_args.label_column_name)
     if model_args.cache_features:
         return _cached_features(model, data, eval_tf, cols, model_args, transform_args, training_args)
-    return RunDatasets(with_transforms(data.train, train_tf, **cols),
-                       with_transforms(data.eval, eval_tf, **cols) if data.eval is not None else None, collate_fn)
+    train = with_transforms(data.train, train_tf, **cols)
+    if train_tf is not eval_tf:  # random augmentation: seeded per (seed, epoch, index), so a resumed run repeats it
+        train = SeededAugmentation(train, training_args.seed)
+    return RunDatasets(train, with_transforms(data.eval, eval_tf, **cols) if data.eval is not None else None,
+                       collate_fn)
 
 
 def _cached_features(model, data: RunData, eval_tf, cols: dict, model_args: ModelArguments,

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..data import DataArguments
 from .args import ModelArguments
-from .prepare import RunData
+from .prepare import RunData, base_is_local
 from .results import RunSummary, save_results
 from .training import TrainedRun
 
@@ -54,20 +54,24 @@ def build_report(model, model_args: ModelArguments, data_args: DataArguments, tr
         num_train_images=data.num_train, num_eval_images=results["num_eval_images"],
         metrics={k: results[k] for k in CARD_METRICS if k in results},
         per_class_accuracy=summary.per_class, per_class_support=summary.support,
-        plots=[Path(p).name for p in summary.plots], repo_id=t.hub_model_id, notes=notes)
+        plots=[Path(p).name for p in summary.plots], repo_id=t.hub_model_id, notes=notes,
+        base_model_local=base_is_local(model_args, model))
 
 
 def push_outputs(results: dict[str, Any], out: Path, training_args: Any, model_args: ModelArguments) -> None:
     """Upload `out` to the Hub (`hub_model_id`, else the folder's name) and record the commit in `results`; a failed
-    upload is recorded in ``all_results.json`` and raised as `HubPushError`."""
-    from ..hub import HubPushError, push_output_dir
+    upload is recorded in ``all_results.json`` (what failed, without local paths or secrets) and raised as
+    `HubPushError`, whose message names that file as the one local change."""
+    from ..hub import HubPushError, push_output_dir, redact
 
     repo = training_args.hub_model_id or out.name
+    token = training_args.hub_token or model_args.token
     try:
-        results["hub_commit"] = str(push_output_dir(out, repo, token=training_args.hub_token or model_args.token,
-                                                    private=bool(training_args.hub_private_repo)))
+        commit = push_output_dir(out, repo, token=token, private=bool(training_args.hub_private_repo))
+        results["hub_commit"] = redact(str(commit), token)
     except HubPushError as err:
-        logger.error("%s", err)
-        results["hub_error"] = str(err)
+        results["hub_error"] = redact(err.detail or err.reason, token)
         save_results(results, out)
-        raise
+        told = err.with_local_change(f"{out.name}/all_results.json records this failure (hub_error)")
+        logger.error("%s", told)
+        raise told from None

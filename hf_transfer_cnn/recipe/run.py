@@ -13,9 +13,9 @@ from typing import Any
 
 from ..data import DataArguments, TransformArguments
 from .args import STRATEGIES, ModelArguments, parse_recipe_args
-from .output import move_aside, resume_point
+from .output import check_writable, move_aside, resume_point
 from .plan import build_freeze_plan, keep_resumed_schedule, total_steps
-from .prepare import build_datasets, load_data, load_model
+from .prepare import build_datasets, check_resumed_labels, load_data, load_model
 from .streaming import build_stream_datasets, check_streaming_options, load_stream
 from .publish import build_report
 from .publish import push_outputs
@@ -30,16 +30,19 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform
     """Train, evaluate and write the output directory; returns the results written to all_results.json."""
     from transformers import set_seed
 
-    from ..hub import write_model_card
+    from ..hub import redact_logs, write_model_card
 
     started = time.time()
+    redact_logs(model_args.token, training_args.hub_token)  # no password or token in any log line of the run
     check_streaming_options(model_args, training_args)
     push = _take_over_trainer_settings(training_args)
     with training_args.main_process_first(desc="output_dir check"):  # nothing changes there until training starts
         resume, set_aside = resume_point(training_args, model_args.overwrite_output_dir)
+    check_writable(training_args.output_dir)  # before anything trains: a run that cannot save would lose its work
     set_seed(training_args.seed)
 
     data = (load_stream if model_args.streaming else load_data)(model_args, data_args)
+    check_resumed_labels(resume, data.id2label)
     total = total_steps(training_args, data.num_train)
     keep_resumed_schedule(model_args, resume, total)
     initial, scheduler = build_freeze_plan(model_args, total)

@@ -1,14 +1,19 @@
-"""The Trainer of a run: built with the FreezeScheduler ahead of the reporting integrations, the optional
-evaluation before training, then training, saving and the final evaluation."""
+"""The Trainer of a run: built with the FreezeScheduler ahead of the reporting integrations and the
+`DivergenceGuard` last, the optional evaluation before training, then training, saving and the final evaluation.
+A run that diverges raises `TrainingDiverged`; a write that fails (a full disk) raises an OSError naming the path."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from .args import ModelArguments
+from .divergence import DivergenceGuard
+from .output import write_failure
 from .prepare import RunDatasets
+from .seeded import SampleEpochCallback, SeededAugmentation
 from .streaming import streaming_trainer_class
 
 __all__ = ["TrainedRun", "build_trainer", "evaluate_before", "train_and_evaluate"]
@@ -32,7 +37,7 @@ class TrainedRun:
 
 def build_trainer(model, training_args: Any, datasets: RunDatasets, scheduler):
     """A `Trainer` (a `StreamingTrainer` for a stream) with compute_metrics; `scheduler` (if any) runs right after
-    DefaultFlowCallback."""
+    DefaultFlowCallback, a `DivergenceGuard` after every other callback (it overrides their save/log decisions)."""
     from transformers import Trainer
 
     from ..metrics import compute_metrics_fn
@@ -44,6 +49,9 @@ def build_trainer(model, training_args: Any, datasets: RunDatasets, scheduler):
     if scheduler is not None:  # annotate logs before the reporting integrations (TensorBoard, W&B, ...) send them
         trainer.callback_handler.callbacks.remove(scheduler)
         trainer.callback_handler.callbacks.insert(1, scheduler)  # after DefaultFlowCallback
+    if isinstance(datasets.train, SeededAugmentation):
+        trainer.add_callback(SampleEpochCallback(datasets.train))
+    trainer.add_callback(DivergenceGuard())
     return trainer
 
 
@@ -56,12 +64,31 @@ def evaluate_before(trainer, datasets: RunDatasets, model_args: ModelArguments) 
     return before
 
 
+@contextlib.contextmanager
+def _naming_failed_writes(trainer):
+    """A failed write (a full disk, a read-only folder) re-raised naming the path and how to resume
+    (`write_failure`)."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        failed = write_failure(err, trainer.args.output_dir, trainer.state.global_step)
+        if failed is None:
+            raise
+        raise failed from err
+
+
 def train_and_evaluate(trainer, datasets: RunDatasets, resume: str | None, before: dict[str, float],
                        started: float) -> TrainedRun:
-    """Train (resuming `resume`), save the model, predict the eval split; `started` is the run's start time."""
+    """Train (resuming `resume`), save the model, predict the eval split; `started` is the run's start time. Raises
+    `TrainingDiverged` (nothing saved) when the loss blew up, and an OSError naming the path when a write failed."""
     args = trainer.args
-    train_result = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model()
+    with _naming_failed_writes(trainer):
+        train_result = trainer.train(resume_from_checkpoint=resume)
+    guard = next(c for c in trainer.callback_handler.callbacks if isinstance(c, DivergenceGuard))
+    if guard.step is not None:
+        raise guard.error(trainer.state.log_history, args.output_dir, args.learning_rate)
+    with _naming_failed_writes(trainer):
+        trainer.save_model()
     results: dict[str, Any] = {**before, **train_result.metrics}
     if datasets.streaming:  # one endless pass over the stream: an epoch count would mean nothing
         results.pop("epoch", None)
