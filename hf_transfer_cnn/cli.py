@@ -130,7 +130,9 @@ def predict(model_name_or_path: str, images: Sequence[str], top_k: int = 5,
 
     from .data import build_transforms, load_image
     from .model import TransferModel
+    from .model.loading import check_model_path
 
+    check_model_path(model_name_or_path)  # a typo'd folder: "no such folder", not the Hub's repo-id rules
     model = TransferModel.from_pretrained(model_name_or_path, **hub_kwargs).eval()
     _, eval_tf = build_transforms(model.image_processor, model.num_input_channels, augment=False)
     batch = []

@@ -16,6 +16,7 @@ from hf_transfer_cnn import ArchSpec, Family, FreezeScheduler, TransferModel, re
 from hf_transfer_cnn.registry import arch as registry_arch
 from hf_transfer_cnn.registry import family as registry_family
 from hf_transfer_cnn.registry import get_arch, get_family
+from tolerance import SAME_OPS, assert_close
 
 MODEL_TYPE = "toy_cnn_plugin"
 
@@ -118,11 +119,11 @@ def test_transfer_model_matches_the_native_model(toy_checkpoint):
     assert model.stage_names == ["stem", "stage1", "stage2", "stage3"]
     assert model.image_processor.size == {"height": 32, "width": 32}
     with torch.no_grad():
-        assert torch.allclose(same_head(pixel_values=x).logits, native(pixel_values=x).logits, atol=1e-6)
+        assert_close(same_head(pixel_values=x).logits, native(pixel_values=x).logits, ulps=SAME_OPS)
         pooled = model.pooled_features(x)
-        assert torch.allclose(pooled, native.pooled(x), atol=1e-6)
+        assert_close(pooled, native.pooled(x), ulps=SAME_OPS)
         assert model(pixel_values=x).logits.shape == (2, 3)
-        assert torch.allclose(model(pixel_values=x).logits, model.classifier(pooled), atol=1e-6)
+        assert_close(model(pixel_values=x).logits, model.classifier(pooled), ulps=SAME_OPS)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("stages.2.", "classifier."))}
 

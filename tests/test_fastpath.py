@@ -13,6 +13,7 @@ from hf_transfer_cnn.fastpath import FAST_ATTR as _FAST
 from hf_transfer_cnn.fastpath import PREFIX_ATTR as _PREFIX
 from hf_transfer_cnn.fastpath import OneDNNGraph, build_inference_copy, is_inference_graph
 from hf_transfer_cnn.fastpath.graphs import freeze_graph as _freeze_graph
+from tolerance import OTHER_KERNELS, SAME_OPS, assert_close
 
 BN_TYPES = ["resnet", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2"]
 
@@ -41,8 +42,9 @@ def test_fast_frozen_path_matches_plain(tiny_checkpoints, native_type):
     b = plain(x).logits
     torch.manual_seed(0)
     c = eager(x).logits
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(c, b, rtol=1e-4, atol=1e-5)
+    # the trainable top stage's BatchNorm normalises by a batch of 4's statistics, which magnifies rounding
+    assert_close(a, b, ulps=4 * OTHER_KERNELS)
+    assert_close(c, b, ulps=4 * OTHER_KERNELS)
     assert not _slots(plain)
     assert _slots(fast)
     prefix = fast.__dict__.get(_PREFIX)
@@ -71,7 +73,7 @@ def test_whole_prefix_graph_follows_freeze_and_weights(tiny_checkpoints):
     reference.freeze(2, fast=FastOptions(enabled=False))
     reference.eval()
     x = torch.randn(4, 3, 40, 40)
-    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+    assert_close(model(x).logits, reference(x).logits)
     key, graph = model.__dict__[_PREFIX].key, model.__dict__[_PREFIX].graph
     assert is_inference_graph(graph) and len(key[0]) == sum(len(u.modules) for u in model.stage_units()[:-2])
     for m in (model, reference):
@@ -80,7 +82,7 @@ def test_whole_prefix_graph_follows_freeze_and_weights(tiny_checkpoints):
     with torch.no_grad():
         for m in (model, reference):
             m.efficientnet.embeddings.convolution.weight.mul_(1.5)
-    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+    assert_close(model(x).logits, reference(x).logits)
     assert model.__dict__[_PREFIX].key != key
 
 
@@ -112,8 +114,8 @@ def test_onednn_fused_prefix_matches_at_every_batch_size_and_restores_the_switch
     for batch in (4, 7, 7, 7, 1, 4):
         x = torch.randn(batch, 3, 40, 40, generator=g)
         expected = reference(x).logits
-        torch.testing.assert_close(fused(x).logits, expected, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(prepacked(x).logits, expected, rtol=1e-4, atol=1e-5)
+        assert_close(fused(x).logits, expected)
+        assert_close(prepacked(x).logits, expected)
         assert torch.jit.onednn_fusion_enabled() is False
     assert isinstance(fused.__dict__[_PREFIX].graph, OneDNNGraph)
     fused(x)  # the last TorchScript graph run: the fused prefix, with oneDNN fusion groups in its optimised plan
@@ -138,7 +140,7 @@ def test_fused_graph_checks_new_batch_sizes_and_falls_back_to_the_plain_module(t
     reference.freeze(2, fast=FastOptions(enabled=False))
     reference.eval()
     x = torch.randn(4, 3, 40, 40)
-    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+    assert_close(model(x).logits, reference(x).logits)
     graph = model.__dict__[_PREFIX].graph
     assert isinstance(graph, OneDNNGraph) and graph.reference is not None and not graph.failed
     for _ in range(OneDNNGraph.WARMUP):
@@ -158,9 +160,9 @@ def test_fused_graph_checks_new_batch_sizes_and_falls_back_to_the_plain_module(t
     x6 = torch.randn(6, 3, 40, 40)
     with caplog.at_level("WARNING", logger="hf_transfer_cnn.freezing"):
         got = model(x6).logits
-    torch.testing.assert_close(got, reference(x6).logits, rtol=1e-4, atol=1e-5)  # the plain module's answer
+    assert_close(got, reference(x6).logits)  # the plain module's answer
     assert graph.failed and "does not reproduce the module at batch size 6" in caplog.text
-    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+    assert_close(model(x).logits, reference(x).logits)
 
     def broken(inp):
         raise RuntimeError("could not compile partition")
@@ -169,7 +171,7 @@ def test_fused_graph_checks_new_batch_sizes_and_falls_back_to_the_plain_module(t
     fresh.load_state_dict(model.state_dict())
     fresh(x)
     fresh.__dict__[_PREFIX].graph.module = broken
-    torch.testing.assert_close(fresh(x6).logits, reference(x6).logits, rtol=1e-4, atol=1e-5)
+    assert_close(fresh(x6).logits, reference(x6).logits)
     assert fresh.__dict__[_PREFIX].graph.failed and "raised RuntimeError" in caplog.text
 
 
@@ -197,7 +199,7 @@ def test_copy_follows_weight_changes(tiny_checkpoints):
     reference = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3).eval()
     reference.load_state_dict(state)
     reference.freeze(0, fast=FastOptions(enabled=False))
-    torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=1e-4, atol=1e-5)
+    assert_close(model(x).logits, reference(x).logits)
 
 
 def test_deepcopy_and_pickle(tiny_checkpoints):
@@ -205,9 +207,9 @@ def test_deepcopy_and_pickle(tiny_checkpoints):
     x = torch.randn(2, 3, 40, 40)
     expected = model(x).logits
     clone = copy.deepcopy(model)
-    torch.testing.assert_close(clone(x).logits, expected)
+    assert_close(clone(x).logits, expected, ulps=SAME_OPS)
     again = pickle.loads(pickle.dumps(model))
-    torch.testing.assert_close(again(x).logits, expected)
+    assert_close(again(x).logits, expected, ulps=SAME_OPS)
 
 
 def test_fold_refuses_when_output_would_change():
@@ -229,7 +231,7 @@ def test_fold_refuses_when_output_would_change():
         m.bn.running_var.uniform_(0.5, 2)
     x = torch.randn(2, 3, 8, 8)
     fast = build_inference_copy(m, x)
-    torch.testing.assert_close(fast(x), m(x))
+    assert_close(fast(x), m(x), ulps=SAME_OPS)
 
 
 def test_pickle_package_family(tmp_path):
@@ -240,4 +242,4 @@ def test_pickle_package_family(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     again = pickle.loads(pickle.dumps(model))
     assert type(again).__name__ == "TransferLeNet5ForImageClassification"
-    torch.testing.assert_close(again(x).logits, model(x).logits)
+    assert_close(again(x).logits, model(x).logits, ulps=SAME_OPS)

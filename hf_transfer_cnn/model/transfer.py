@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 
 from torch import nn
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 from ..fastpath import FastOptions
 from ..freezing import FreezeState, apply_freeze
@@ -25,7 +25,8 @@ from ..registry import ArchSpec, StageUnit, get_module, model_class, resolve_arc
 from .batchnorm import fix_tf_bn_momentum
 from .forward import ForwardMixin
 from .head import HeadSpec
-from .loading import TaskRequest, load_image_processor, native_class_for, split_hub_kwargs
+from .loading import (TaskRequest, check_loading_info, load_config, load_image_processor, native_class_for,
+                      split_hub_kwargs)
 from .meta import TransferMeta
 from .saving import SavingMixin
 from .surgery import SurgeryMixin
@@ -115,11 +116,11 @@ class TransferModel(SurgeryMixin, ForwardMixin, SavingMixin, nn.Module):
             **kwargs: passed to transformers' `from_pretrained` (revision, token, cache_dir, ...).
         """
         hub_kwargs = split_hub_kwargs(kwargs)
-        config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        config = load_config(pretrained_model_name_or_path, hub_kwargs)
         request = TaskRequest.parse(config, num_labels=num_labels, id2label=id2label, label2id=label2id,
                                     num_channels=num_channels, image_size=image_size, head=head)
         target_cls = cls if cls is not TransferModel else transfer_class_for(native_class_for(config))
-        model = target_cls._load_weights(pretrained_model_name_or_path, model_args, config, hub_kwargs)
+        model = target_cls._load_weights(pretrained_model_name_or_path, model_args, config, hub_kwargs, request)
         model._finish_loading(pretrained_model_name_or_path, hub_kwargs)
         model._adapt_to(request)
         model.freeze(trainable_stages)
@@ -127,17 +128,20 @@ class TransferModel(SurgeryMixin, ForwardMixin, SavingMixin, nn.Module):
 
     @classmethod
     def _load_weights(cls, name_or_path: str | os.PathLike, model_args: tuple, config: PretrainedConfig,
-                      hub_kwargs: dict) -> TransferModel:
-        """The native class's loader, building this class; a checkpoint without weights is an error saying what to
-        pass instead."""
+                      hub_kwargs: dict, request: TaskRequest) -> TransferModel:
+        """The native class's loader, building this class; a checkpoint without weights, or with weights that do not
+        fit its config, is an error saying what to do instead."""
         try:
-            return super().from_pretrained(name_or_path, *model_args, config=config, **hub_kwargs)
+            model, info = super().from_pretrained(name_or_path, *model_args, config=config, output_loading_info=True,
+                                                  ignore_mismatched_sizes=True, **hub_kwargs)
         except OSError as err:
             raise OSError(
                 f"Could not load weights for {str(name_or_path)!r}: {err}\nA TransferModel needs a checkpoint with "
                 "weights (model.safetensors). Pass a directory written by `save_pretrained`, a Hub id, or build one "
                 "with `hf-transfer-cnn init/convert`."
             ) from err
+        check_loading_info(model, info, name_or_path, request)
+        return model
 
     def _finish_loading(self, name_or_path: str | os.PathLike, hub_kwargs: dict) -> None:
         """BatchNorm momentum in PyTorch's convention, the image processor, and where the model came from."""
