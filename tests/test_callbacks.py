@@ -391,10 +391,9 @@ def test_unfreeze_after_max_steps_warns(random_images, tiny_checkpoints, tmp_pat
 
 
 def test_unsupported_architecture(random_images, tmp_path):
-    cfg = T.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-                      image_size=32, patch_size=16)
-    model = T.ViTForImageClassification(cfg)
-    with pytest.raises(UnsupportedArchitectureError, match="'vit' is not supported"):
+    cfg = T.PoolFormerConfig(hidden_sizes=[8] * 4, depths=[1] * 4, num_encoder_blocks=4)
+    model = T.PoolFormerForImageClassification(cfg)
+    with pytest.raises(UnsupportedArchitectureError, match="'poolformer' is not supported"):
         T.Trainer(model=model, args=targs(tmp_path), train_dataset=random_images(size=32),
                   callbacks=[FreezeScheduler(unfreeze_at_step=1, num_stages=1)])
 

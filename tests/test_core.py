@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -334,11 +335,10 @@ def test_saved_model_loads_with_plain_transformers(tiny_checkpoints, tmp_path):
 # --- bad input ----------------------------------------------------------------------------------------
 
 def test_unknown_model_type(tmp_path):
-    cfg = T.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
-                      image_size=32, patch_size=16)
-    T.ViTForImageClassification(cfg).save_pretrained(tmp_path / "vit")
-    with pytest.raises(ValueError, match=r"'vit' is not supported.*resnet"):
-        TransferModel.from_pretrained(tmp_path / "vit")
+    cfg = T.PoolFormerConfig(hidden_sizes=[8, 8, 8, 8], depths=[1, 1, 1, 1], num_encoder_blocks=4)
+    T.PoolFormerForImageClassification(cfg).save_pretrained(tmp_path / "poolformer")
+    with pytest.raises(ValueError, match=r"'poolformer' is not supported.*resnet"):
+        TransferModel.from_pretrained(tmp_path / "poolformer")
 
 
 @pytest.mark.parametrize(
@@ -559,3 +559,39 @@ def test_converted_torchvision_mobilenet_keeps_pytorch_bn_momentum(tmp_path):
         tv.train()(x)
     torch.testing.assert_close(model.mobilenet_v2.conv_1x1.normalization.running_var, tv.features[18][1].running_var,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_mobilenet_v1_default_dropout_does_not_keep_a_new_head_from_training(tmp_path, caplog):
+    """transformers' MobileNetV1Config says classifier_dropout_prob=0.999 (TensorFlow's keep probability): kept, a
+    new head would see ~0.1 % of its input, scaled 1000x, and learn nothing. Re-heading resets it to 0.001 (logged,
+    and in the saved config); the head then fits a small batch."""
+    config = T.MobileNetV1Config(depth_multiplier=0.25, num_labels=10)
+    assert config.classifier_dropout_prob == 0.999
+    torch.manual_seed(0)
+    native = T.MobileNetV1ForImageClassification(config)
+    for m in native.modules():  # activations of a trained network's size (transformers' init makes them vanish)
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight)
+    native.save_pretrained(tmp_path / "m")
+    with caplog.at_level(logging.WARNING, logger="hf_transfer_cnn.model.surgery"):
+        model = TransferModel.from_pretrained(tmp_path / "m", num_labels=2)
+    assert "config.classifier_dropout_prob=0.999" in caplog.text and "using 0.001" in caplog.text
+    assert model.dropout.p == pytest.approx(0.001) and model.config.classifier_dropout_prob == pytest.approx(0.001)
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 1] * 4)
+    x = torch.randn(8, 3, 32, 32, generator=g) + (2.0 * y - 1)[:, None, None, None]  # the class shifts the mean
+    def eval_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return model(pixel_values=x, labels=y).loss.item()
+
+    before = eval_loss()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(20):
+        model.train()
+        opt.zero_grad()
+        model(pixel_values=x, labels=y).loss.backward()
+        opt.step()
+    assert eval_loss() < 0.7 * before  # (with the 0.999 dropout kept: 0.693 -> 0.707)
+    model.save_pretrained(tmp_path / "saved")
+    assert T.AutoConfig.from_pretrained(tmp_path / "saved").classifier_dropout_prob == pytest.approx(0.001)

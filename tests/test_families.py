@@ -426,13 +426,16 @@ def test_timm_functional_head_dropout_is_applied(arch, tmp_path):
         assert torch.equal(new(pooled_features=pooled).logits, new(pooled_features=pooled).logits)
 
 
-def test_timm_layouts_it_cannot_map_are_refused(tmp_path):
-    """A ConvNeXt head normalises between pooling and classifier: refused with an error naming the model and why."""
-    from hf_transfer_cnn.families.timm_wrapper import UnsupportedTimmModelError
-
+def test_timm_layout_that_is_no_chain_runs_through_timms_forward(tmp_path):
+    """A ConvNeXt head normalises between pooling and classifier, so its modules are no chain: it runs through timm's
+    own forward (it used to be refused), the head norm freezing with the last stage. (Refusals:
+    tests/test_timm_sweep.py.)"""
     path = _timm_checkpoint("test_convnext", tmp_path / "convnext")
-    with pytest.raises(UnsupportedTimmModelError, match="'test_convnext' is not supported by TransferModel: its head 'head' applies norm"):
-        TransferModel.from_pretrained(path, num_labels=3)
+    model = TransferModel.from_pretrained(path, trainable_stages="all").eval()
+    assert model.arch.forward == "native" and model.arch.neck == ("timm_model.head.norm",)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=x).logits, model.timm_model(x))
 
 
 def test_timm_stage_map_from_metadata(family_dirs):

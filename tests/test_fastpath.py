@@ -243,3 +243,13 @@ def test_pickle_package_family(tmp_path):
     again = pickle.loads(pickle.dumps(model))
     assert type(again).__name__ == "TransferLeNet5ForImageClassification"
     assert_close(again(x).logits, model(x).logits, ulps=SAME_OPS)
+
+
+def test_building_a_copy_never_writes_into_the_input():
+    """An in-place activation that is its own frozen module (timm NFNet's SiLU(inplace=True)) ran on a view of the
+    caller's batch while its copy was checked: the first frozen call applied it twice."""
+    x = torch.randn(4, 3, 8, 8)
+    before = x.clone()
+    copy = build_inference_copy(torch.nn.SiLU(inplace=True), x)
+    assert torch.equal(x, before)
+    assert torch.equal(copy(x.clone()), torch.nn.functional.silu(before))

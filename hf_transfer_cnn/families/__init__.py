@@ -27,7 +27,7 @@ Family(...))``, in its own module; importing that module before loading the chec
 import importlib
 import pkgutil
 
-_NOT_FAMILIES = {"modeling", "statedict"}
+_NOT_FAMILIES = {"modeling", "statedict", "timm_layout"}
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name not in _NOT_FAMILIES:

@@ -9,5 +9,5 @@ FAMILY = register_family(Family(
              grouping="stride", first_conv="efficientnet.embeddings.convolution",
              neck=("efficientnet.encoder.top_conv", "efficientnet.encoder.top_bn",
                    "efficientnet.encoder.top_activation"),
-             pooler="efficientnet.pooler", head_dropout="dropout"),
+             pooler="efficientnet.pooler", head_dropout="dropout", head_dropout_config="dropout_rate"),
 ))

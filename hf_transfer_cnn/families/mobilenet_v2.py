@@ -16,7 +16,8 @@ def _processor(image_size: int, num_channels: int):
 FAMILY = register_family(Family(
     ArchSpec(model_type="mobilenet_v2", stem=("mobilenet_v2.conv_stem",), stages="mobilenet_v2.layer",
              grouping="stride", first_conv="mobilenet_v2.conv_stem.first_conv.convolution",
-             neck=("mobilenet_v2.conv_1x1",), pooler="mobilenet_v2.pooler", head_dropout="dropout"),
+             neck=("mobilenet_v2.conv_1x1",), pooler="mobilenet_v2.pooler", head_dropout="dropout",
+             head_dropout_config="classifier_dropout_prob"),
     checkpoints=(CheckpointSpec(
         "mobilenet_v2", "mobilenet_v2",
         dict(depth_multiplier=1.0, tf_padding=False, layer_norm_eps=1e-5, hidden_act="relu6",

@@ -1,7 +1,9 @@
 """timm checkpoints (transformers' ``TimmWrapper``) as TransferModels: stage maps from timm's own metadata.
 
 Every timm checkpoint has ``model_type="timm_wrapper"``, but the layout depends on the timm architecture, so the
-registry entry carries a `resolver` that reads the layout off each model instance:
+registry entry carries a `resolver` that reads the layout off each model instance, in one of two ways.
+
+As a chain (``forward="chain"``; CNNs laid out as stem -> stages -> [neck] -> global_pool -> classifier):
 
 * stem: the leading modules matched by ``group_matcher()["stem"]`` (plus parameter-free ones between them);
 * stages: the remaining modules, split after each module named in ``feature_info`` (a child container such as
@@ -10,8 +12,13 @@ registry entry carries a `resolver` that reads the layout off each model instanc
 * pooling and classifier: ``global_pool`` and ``pretrained_cfg["classifier"]`` (top-level, or inside a
   ``ClassifierHead``); ``first_conv`` from ``pretrained_cfg["first_conv"]``.
 
-The derived chain is checked against timm's own ``forward_features`` + ``forward_head`` on a small input; layouts
-it does not reproduce (e.g. heads that normalise before pooling, ViTs) are refused with an error naming the model.
+The chain is checked against timm's own ``forward_features`` + ``forward_head`` at the size the model is adapted to
+(``image_size=``, else the checkpoint's ``pretrained_cfg["input_size"]``). Where it does not reproduce timm's forward
+(a head that normalises after pooling: ConvNeXt; a conv after pooling: MobileNetV3; transformers), the model runs
+through timm's own forward (``forward="native"``, `timm_layout`): stages are timm's coarse ``group_matcher`` groups
+(the parameter groups of layer-wise LR decay), checked to cover every parameter and to be called as modules by that
+forward. What neither way describes is refused with an error naming the model and both reasons.
+
 Channel changes go through TransferModel's 1x1 input adapter (``standardized_stem``), because transformers rebuilds
 a timm model from its config with the original number of input channels.
 Head dropout is timm's: the ``ClassifierHead``'s or a top-level dropout module after pooling, else the functional
@@ -21,23 +28,20 @@ Head dropout is timm's: the ``ClassifierHead``'s or a top-level dropout module a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..registry import ArchSpec, Family, get_module, register_family
+from ..registry import ArchSpec, Family, get_module, input_size_hint, register_family
+from .timm_layout import (CHANNELS_KEYS, MODEL_TYPE, ROOT, UnsupportedTimmModelError, fixed_size, input_channels,
+                           native_spec, refuser)
 
 __all__ = ["timm_arch_spec", "UnsupportedTimmModelError"]
 
-MODEL_TYPE = "timm_wrapper"
-_ROOT = "timm_model"
-_CHANNELS_KEYS = ("num_channels", "model_args.in_chans")  # TimmWrapper builds the stem from model_args
-
-
-class UnsupportedTimmModelError(ValueError):
-    """The timm model's layout cannot be described as stem -> stages -> neck -> pool -> classifier."""
+_ROOT = ROOT
+_CHANNELS_KEYS = CHANNELS_KEYS
+_refuser = refuser
 
 
 def _feature_modules(timm_model: nn.Module) -> list[tuple[str, int]]:
@@ -78,16 +82,6 @@ def _stem_regex(timm_model: nn.Module) -> str | None:
 
 def _has_params(m: nn.Module) -> bool:
     return any(True for _ in m.parameters())
-
-
-def _refuser(name: str) -> Callable[[str], UnsupportedTimmModelError]:
-    """`refuse(why)`: the error for timm model `name`, with what is supported."""
-    def refuse(why: str) -> UnsupportedTimmModelError:
-        return UnsupportedTimmModelError(
-            f"timm model {name!r} is not supported by TransferModel: {why}. Supported are timm CNNs laid out as "
-            "stem -> stages -> [neck] -> global_pool -> classifier (ResNet, EfficientNet, RegNet, ...)."
-        )
-    return refuse
 
 
 @dataclass(frozen=True)
@@ -185,12 +179,38 @@ def _split_stages(body: list[tuple[str, nn.Module]], features: dict[str, int],
 
 
 def timm_arch_spec(model: nn.Module) -> ArchSpec:
-    """The stage map of one TimmWrapper model (`model.timm_model`), checked against timm's forward."""
+    """The stage map of one TimmWrapper model (`model.timm_model`): as a chain where that reproduces timm's forward at
+    the model's input size, else through timm's own forward; refused (both reasons) where neither applies."""
     timm_model = getattr(model, _ROOT, None)
     name = getattr(getattr(model, "config", None), "architecture", type(timm_model).__name__)
     if timm_model is None:
         raise UnsupportedTimmModelError(f"{type(model).__name__} has no `timm_model`; is it a TimmWrapper model?")
     refuse = _refuser(name)
+    size = _probe_size(model, timm_model)
+    try:
+        spec = _chain_spec(model, timm_model, refuse)
+        _check_chain(model, spec, size, refuse)
+    except UnsupportedTimmModelError as chain_error:
+        try:
+            spec = native_spec(model, size, refuse)
+        except UnsupportedTimmModelError as native_error:
+            raise refuse(f"{native_error.why} (through its own forward); as a chain: {chain_error.why}") from None
+    if getattr(model.config, "num_channels", None) is None:
+        model.config.num_channels = input_channels(model)
+    return spec
+
+
+def _probe_size(model: nn.Module, timm_model: nn.Module) -> int:
+    """The size layouts are checked at: what the model is adapted to (``image_size=``), else timm's input size."""
+    hint = input_size_hint(model)
+    if hint:
+        return hint
+    size = (getattr(timm_model, "pretrained_cfg", None) or {}).get("input_size")
+    return int(max(size[1:])) if size and len(size) == 3 else 224
+
+
+def _chain_spec(model: nn.Module, timm_model: nn.Module, refuse) -> ArchSpec:
+    """The stem -> stages -> neck -> pool -> classifier layout read off timm's metadata (not yet checked)."""
     head = _read_head(timm_model, refuse)
     reductions = _feature_modules(timm_model)
     features = dict(reductions)
@@ -201,21 +221,18 @@ def timm_arch_spec(model: nn.Module) -> ArchSpec:
     stages, neck = _split_stages(pieces[stem_end:], features, refuse)
 
     p = lambda path: f"{_ROOT}.{path}"  # noqa: E731
-    spec = ArchSpec(
+    return ArchSpec(
         model_type=MODEL_TYPE, stem=tuple(p(s) for s, _ in pieces[:stem_end]), stages=_ROOT,
         stage_paths=tuple(tuple(p(s) for s in stage) for stage in stages), neck=tuple(p(s) for s in neck),
         first_conv=p(head.first_conv), pooler=p(head.pool), head_dropout=head.dropout,
         head_dropout_rate=head.drop_rate, head=p(head.classifier),
-        min_image_size=max(32, max(r for _, r in reductions)), standardized_stem=True, channels_keys=_CHANNELS_KEYS,
+        min_image_size=fixed_size(timm_model) or max(32, max(r for _, r in reductions)), standardized_stem=True,
+        channels_keys=_CHANNELS_KEYS,
     )
-    _check_chain(model, spec, refuse)
-    if getattr(model.config, "num_channels", None) is None:
-        model.config.num_channels = get_module(model, spec.first_conv).in_channels
-    return spec
 
 
-def _check_chain(model: nn.Module, spec: ArchSpec, refuse) -> None:
-    """The stage chain must reproduce timm's forward (eval mode, small random input)."""
+def _check_chain(model: nn.Module, spec: ArchSpec, size: int, refuse) -> None:
+    """The stage chain must reproduce timm's forward (eval mode, a random input of `size` pixels)."""
     timm_model = getattr(model, _ROOT)
     ref_param = next(timm_model.parameters())
     if ref_param.device.type == "meta":
@@ -224,9 +241,8 @@ def _check_chain(model: nn.Module, spec: ArchSpec, refuse) -> None:
     try:
         for m in model.modules():
             m.training = False
-        conv = get_module(model, spec.first_conv)
-        size = spec.min_image_size * 2
-        x = torch.randn(1, conv.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+        size = max(size, spec.min_image_size)
+        x = torch.randn(1, input_channels(model), size, size, generator=torch.Generator().manual_seed(0))
         x = x.to(device=ref_param.device, dtype=ref_param.dtype)
         with torch.no_grad():
             expected = timm_model.forward_head(timm_model.forward_features(x))

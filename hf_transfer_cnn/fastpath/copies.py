@@ -76,9 +76,11 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
     Each optimisation is kept only if the output still matches the original's on `x` up to float rounding;
     otherwise the copy falls back one level (unfolded eager copy, or eager instead of the graph).
     """
-    probe = x[:2]  # per-sample ops: a couple of samples are enough to build and check the copy
+    # per-sample ops: a couple of samples are enough to build and check the copy; cloned, so that an in-place
+    # activation that is its own frozen module never writes into the caller's input while being checked
+    probe = x[:2].clone()
     # checked at another batch size than the probe's, so a graph that baked the batch size in is caught
-    check = x[:3] if len(x) >= 3 else torch.cat([x, x[:1]])
+    check = x[:3].clone() if len(x) >= 3 else torch.cat([x, x[:1]])
     with torch.no_grad():
         plain = plain_copy(module)  # a copy without frozen-module hooks: the plain computation
         reference = plain(probe)

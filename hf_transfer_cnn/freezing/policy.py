@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..fastpath import FAST_ATTR, FROZEN_ATTRS, FROZEN_FLAG, FastOptions, FastSlot, FrozenForward, has_hooks
-from ..registry import ArchSpec, StageUnit, get_arch, stage_units
+from ..registry import ArchSpec, StageUnit, UnsupportedArchitectureError, get_arch, resolve_arch, stage_units
 from .module import install_frozen
 
 __all__ = ["FreezeState", "resolve_trainable_stages", "apply_freeze", "freeze_model", "is_frozen", "units_for"]
@@ -110,6 +110,17 @@ def _thaw_module(module: nn.Module, training: bool) -> None:
     nn.Module.train(module, training)
 
 
+def _default_fast_options(model: nn.Module) -> FastOptions:
+    """`FastOptions()`; without TorchScript graphs for a model running its own forward (ViTs, timm): there the
+    frozen modules a graph would take are single norms / blocks, whose traced graphs round differently once the
+    profiling executor has optimised them, so a run resumed from a checkpoint would not be bit-identical."""
+    try:
+        native = resolve_arch(model).forward == "native"
+    except (UnsupportedArchitectureError, AttributeError):
+        native = False
+    return FastOptions(jit=False) if native else FastOptions()
+
+
 def is_frozen(module: nn.Module) -> bool:
     return bool(getattr(module, FROZEN_FLAG, False))
 
@@ -127,7 +138,7 @@ def apply_freeze(
     conv+BN, channels_last); ``FastOptions(enabled=False)`` runs them as they are, under ``no_grad``.
     """
     if fast is None:
-        fast = getattr(model, "hf_transfer_fast_options", None) or FastOptions()
+        fast = getattr(model, "hf_transfer_fast_options", None) or _default_fast_options(model)
     object.__setattr__(model, "hf_transfer_fast_options", fast)
     names = [u.name for u in units]
     n = resolve_trainable_stages(trainable_stages, len(units), names)
@@ -150,9 +161,33 @@ def apply_freeze(
             p.requires_grad_((not frozen) or unit.name in keep)
             if frozen:  # a stale (or zeroed) grad would let momentum / weight decay keep moving the frozen weights
                 p.grad = None
+        _guard_loose_params(model, unit.params, frozen and unit.name in keep)
     state = FreezeState(stage_names=names, trainable_stages=n, keep_requires_grad=keep, fast=fast)
     object.__setattr__(model, "hf_transfer_freeze_state", state)
     return state
+
+
+_GUARDS_ATTR = "_hf_transfer_grad_guards"
+
+
+def _drop_grad(param: nn.Parameter) -> None:
+    param.grad = None
+
+
+def _guard_loose_params(model: nn.Module, params: list[nn.Parameter], guard: bool) -> None:
+    """Parameters a frozen unit holds outside its modules (timm ViTs' class token) are used by the parent's forward,
+    outside the unit's no_grad: kept at ``requires_grad=True`` for a later unfreeze, they would get a gradient. While
+    frozen, a hook drops it as soon as it is accumulated (optimizers skip parameters without one)."""
+    if not params:
+        return
+    guards = model.__dict__.setdefault(_GUARDS_ATTR, {})
+    for p in params:
+        handle = guards.get(id(p))
+        if guard and handle is None:
+            guards[id(p)] = p.register_post_accumulate_grad_hook(_drop_grad)
+        elif not guard and handle is not None:
+            handle.remove()
+            del guards[id(p)]
 
 
 def units_for(model: nn.Module, spec: ArchSpec | None = None) -> list[StageUnit]:

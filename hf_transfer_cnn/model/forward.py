@@ -1,7 +1,9 @@
-"""The forward pass: stage units (a frozen prefix as one inference graph), neck, pooling, head.
+"""The forward pass: stage units (a frozen prefix as one inference graph), neck, pooling, head — or, for
+architectures registered with ``forward="native"``, the model class's own forward (its frozen stages run frozen all
+the same: freezing acts on the modules).
 
 `ForwardMixin` is one of `TransferModel`'s bases; it uses what `TransferModel` defines (``arch``, ``stage_units``,
-``head_spec``, ``num_input_channels``, ``freeze_state``).
+``head_spec``, ``num_input_channels``, ``freeze_state``, ``_native_class``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from ..registry import StageUnit, get_module
 from .head import HeadSpec
 
 __all__ = ["ForwardMixin"]
+
+
+class _Captured(Exception):
+    """Stops a native forward once the head's input is known (`pooled_features`)."""
 
 
 class ForwardMixin:
@@ -39,6 +45,16 @@ class ForwardMixin:
             raise ValueError(f"Input {h}x{w} is smaller than the minimum {minimum}x{minimum} for "
                              f"{self.config.model_type!r}.")
 
+    @property
+    def runs_native_forward(self) -> bool:
+        """Whether this model runs its class's own forward (``ArchSpec.forward == "native"``)."""
+        return self.arch.forward == "native"
+
+    def _no_chain(self, what: str) -> ValueError:
+        return ValueError(f"{what} is not available for this {self.config.model_type} model: it runs its own forward "
+                          "(its stages are not a chain of feature maps). Use model(pixel_values) for logits or "
+                          "model.pooled_features(pixel_values) for what the classifier sees.")
+
     def forward_features(self, pixel_values: torch.Tensor, output_hidden_states: bool = False,
                          start: int = 0) -> Any:
         """Run stage units ``start..end`` (and the neck); returns the final feature map.
@@ -46,6 +62,8 @@ class ForwardMixin:
         `start` > 0 feeds `pixel_values` as the output of unit ``start - 1``. Without hidden states, the frozen
         prefix runs as one inference graph where possible (`freezing.run_frozen_prefix`).
         """
+        if self.runs_native_forward:
+            raise self._no_chain("forward_features")
         hidden = []
         x = pixel_values
         units = self.stage_units()
@@ -97,12 +115,54 @@ class ForwardMixin:
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Pool a feature map and classify it."""
+        if self.runs_native_forward:
+            raise self._no_chain("forward_head")
         return self.classify_pooled(self._pool(features, self.head_spec))
 
     def pooled_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The vector the head sees (after pooling and any post-pool norm), before head dropout."""
+        """The vector the head sees (after pooling and any post-pool norm), before head dropout.
+
+        For a model that runs its own forward: the input of its head dropout (or classifier), taken from that forward;
+        call it in eval mode (in training mode a functional dropout may already have acted on it)."""
         self._check_input(pixel_values)
+        if self.runs_native_forward:
+            return self._native_pooled(pixel_values).flatten(1)
         return self._pool(self.forward_features(pixel_values), self.head_spec)
+
+    def _native_forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False,
+                        **kwargs) -> tuple[torch.Tensor, Any]:
+        """(logits, hidden states) from the model class's own forward, after the input adapter if there is one."""
+        adapter = self._modules.get("input_adapter")
+        if adapter is not None:
+            pixel_values = adapter(pixel_values)
+        call = {**dict(self.arch.forward_kwargs), **kwargs}
+        if output_hidden_states:
+            call["output_hidden_states"] = True
+        out = self._native_class.forward(self, pixel_values=pixel_values, return_dict=True, **call)
+        return out.logits, getattr(out, "hidden_states", None)
+
+    def _native_pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        arch = self.arch
+        if arch.extra_heads:
+            raise ValueError(f"This {self.config.model_type} model combines {len(arch.extra_heads) + 1} classifiers on "
+                             "different features: it has no single pooled vector (no feature cache).")
+        captured: list[torch.Tensor] = []
+
+        def grab(module: nn.Module, args: tuple) -> None:
+            captured.append(args[0])
+            raise _Captured
+
+        handle = get_module(self, arch.head_dropout or arch.head).register_forward_pre_hook(grab)
+        try:
+            self._native_forward(pixel_values)
+        except _Captured:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise RuntimeError(f"The {self.config.model_type} forward never called {arch.head_dropout or arch.head}; "
+                               "its registered head is not the classifier this forward uses.")
+        return captured[0]
 
     def classify_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """Head dropout + classifier on pooled features."""
@@ -111,6 +171,8 @@ class ForwardMixin:
             pooled = get_module(self, arch.head_dropout)(pooled)
         elif arch.head_dropout_rate:
             pooled = nn.functional.dropout(pooled, arch.head_dropout_rate, self.training)
+        if arch.head_style == "conv":  # a 1x1 conv classifier takes the pooled vector as a 1x1 map
+            return get_module(self, arch.head)(pooled[:, :, None, None]).flatten(1)
         return get_module(self, arch.head)(pooled)
 
     def forward(
@@ -132,11 +194,13 @@ class ForwardMixin:
             self._check_input(pixel_values)
             output_hidden_states = bool(output_hidden_states if output_hidden_states is not None
                                         else self.config.output_hidden_states)
-            if output_hidden_states:
+            if self.runs_native_forward:
+                logits, hidden = self._native_forward(pixel_values, output_hidden_states, **kwargs)
+            elif output_hidden_states:
                 features, hidden = self.forward_features(pixel_values, output_hidden_states=True)
+                logits = self.forward_head(features)
             else:
-                features = self.forward_features(pixel_values)
-            logits = self.forward_head(features)
+                logits = self.forward_head(self.forward_features(pixel_values))
         loss = self.loss_function(labels, logits, self.config) if labels is not None else None
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not return_dict:

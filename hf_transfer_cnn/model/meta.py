@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-__all__ = ["CONFIG_KEY", "TransferMeta"]
+from ..registry import CONFIG_KEY
 
-CONFIG_KEY = "hf_transfer_cnn"
+__all__ = ["CONFIG_KEY", "TransferMeta"]
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,17 @@ class _HubUpload:
                                      token=self.token, create_pr=self.create_pr)
 
 
+def _saved_names(model: Any, own: dict[str, Any]) -> dict[str, str]:
+    """Saved (original-layout) name -> the model's own name, for tensors `save_pretrained` only renames."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    by_id = {id(t): k for k, t in own.items()}
+    reverted = revert_weight_conversion(model, dict(own))
+    return {saved: by_id[id(t)] for saved, t in reverted.items() if id(t) in by_id and saved != by_id[id(t)]}
+
+
 class SavingMixin:
-    """`save_pretrained` for a TransferModel."""
+    """`save_pretrained` for a TransferModel, and `load_state_dict` that reads what it saved."""
 
     _told_how_it_loads: bool = False
     """Set on a model once it has logged what its saved folders need (not again at every Trainer checkpoint)."""
@@ -84,6 +94,18 @@ class SavingMixin:
             self.image_processor.save_pretrained(save_directory)
         if upload is not None:
             upload.finish(self, save_directory)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, also for a state dict in the checkpoint layout `save_pretrained` writes.
+
+        transformers 5 saves models it has renamed internally (ViT: ``encoder.layer.N.attention.attention.query`` ->
+        ``layers.N.attention.q_proj``) under their original names, and Trainer resumes a checkpoint with this method:
+        without the renaming back, resuming would silently keep the current weights."""
+        own = self.state_dict()
+        if any(k not in own for k in state_dict):
+            renames = _saved_names(self, own)
+            state_dict = {renames.get(k, k): v for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict, assign)
 
     def _config_to_save(self) -> Any:
         """The config as config.json states it: with an input adapter (BiT), a copy stating the input channels, so

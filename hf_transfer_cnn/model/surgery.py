@@ -12,15 +12,26 @@ import torch
 from torch import nn
 
 from ..processing import adapt_image_processor
-from ..registry import get_module, set_module
+from ..registry import forget_resolved_arch, get_arch, get_module, input_size_hint, set_module
 from .channels import adapt_conv_weight, adapter_weight
 from .head import ClassificationHead, HeadSpec, last_linear_path
 from .labels import normalise_labels
 from .loading import TaskRequest, check_image_size, check_num_channels
+from .positions import resample_position_embeddings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SurgeryMixin"]
+
+
+def _fresh_like(layer: nn.Module, num_labels: int, in_features: int | None = None) -> nn.Module:
+    """A new classifier layer of `layer`'s kind (a 1x1 Conv2d, else a Linear; with a bias unless `layer` is a layer
+    without one) for `num_labels` outputs; `in_features` where `layer` does not say (a custom head being replaced)."""
+    bias = getattr(layer, "bias", True) is not None
+    if isinstance(layer, nn.Conv2d):
+        return nn.Conv2d(layer.in_channels, num_labels, 1, bias=bias)
+    width = layer.in_features if isinstance(layer, nn.Linear) else in_features
+    return nn.Linear(width, num_labels, bias=bias if isinstance(layer, nn.Linear) else True)
 
 
 class SurgeryMixin:
@@ -47,10 +58,11 @@ class SurgeryMixin:
         """Width of the pooled features the classifier sees (recorded in the config once known)."""
         if self.meta.feature_dim is None:
             head = get_module(self, self.arch.head)
-            first = next((m for m in head.modules() if isinstance(m, nn.Linear)), None)
+            first = next((m for m in head.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
             if first is None or isinstance(head, ClassificationHead):
                 first = None
-            self._set_meta(feature_dim=first.in_features if first is not None else self._probe_channels())
+            width = getattr(first, "in_features", None) or getattr(first, "in_channels", None)
+            self._set_meta(feature_dim=width if first is not None else self._probe_channels())
         meta = self.meta
         if pooling == "avg":
             return int(meta.feature_dim)
@@ -61,19 +73,32 @@ class SurgeryMixin:
         return int(meta.channels_dim) * (2 if pooling == "concat" else 1)
 
     def _probe_channels(self) -> int:
-        """Channels of the last feature map, from a forward pass on a fixed random batch."""
-        size = max(self.arch.min_size(self.config), int(self.meta.image_size or 0))
+        """Channels of the last feature map (for a model running its own forward: the width of what its classifier
+        sees), from a forward pass on a fixed random batch."""
+        size = max(self.arch.min_size(self.config), int(input_size_hint(self) or 0))
         p = next(self.parameters())
         was_training = self.training
         self.eval()
         with torch.no_grad():
             g = torch.Generator(device="cpu").manual_seed(0)
             x = torch.randn(3, self.num_input_channels, size, size, generator=g).to(device=p.device, dtype=p.dtype)
-            channels = self.forward_features(x).shape[1]
+            out = self.pooled_features(x) if self.runs_native_forward else self.forward_features(x)
+            channels = out.shape[1]
         self.train(was_training)
         return int(channels)
 
     def _install_head(self, spec: HeadSpec, num_labels: int) -> None:
+        if self.arch.head_style == "conv" or self.arch.extra_heads:
+            what = ("is a 1x1 conv on the pooled map" if self.arch.head_style == "conv"
+                    else f"is {len(self.arch.extra_heads) + 1} classifiers whose logits it averages")
+            raise ValueError(f"This {self.config.model_type} model's classifier {what}: only its native head is "
+                             "available (head=None or {}).")
+        if self.runs_native_forward and spec.pooling != "avg":
+            raise ValueError(
+                f"head pooling={spec.pooling!r} is not available for this {self.config.model_type} model: it runs its "
+                "own forward, whose pooling is part of the architecture (a ViT's class token, a Swin's mean). Use "
+                "pooling='avg' (= the model's own pooling); hidden_sizes, dropout and activation work."
+            )
         set_module(self, self.arch.head, ClassificationHead(self._feature_dim(spec.pooling), num_labels, spec))
 
     def set_head(self, num_labels: int, id2label: dict | None = None, head: HeadSpec | dict | None = None) -> None:
@@ -97,7 +122,9 @@ class SurgeryMixin:
             self._install_native_classifier(num_labels)
         else:
             self._install_head(spec, num_labels)
-        get_module(self, arch.head).to(device=ref.device, dtype=ref.dtype)
+        for path in (arch.head, *arch.extra_heads):
+            get_module(self, path).to(device=ref.device, dtype=ref.dtype)
+        self._reset_unusable_dropout()
         self._set_labels(num_labels, id2label, label2id)
         self._set_meta(head=None if spec.is_native else spec.to_dict())
 
@@ -111,8 +138,27 @@ class SurgeryMixin:
             set_module(old, path, nn.Linear(get_module(old, path).in_features, num_labels))
         elif arch.head_style == "flatten_linear":
             set_module(self, arch.head, nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_labels)))
-        else:
-            set_module(self, arch.head, nn.Linear(in_features, num_labels))
+        else:  # a Linear (or a 1x1 conv), with a bias where the old one had one; distillation heads alike
+            set_module(self, arch.head, _fresh_like(old, num_labels, in_features))
+            for path in arch.extra_heads:
+                set_module(self, path, _fresh_like(get_module(self, path), num_labels))
+
+    def _reset_unusable_dropout(self) -> None:
+        """A head dropout above 0.5 keeps a new head from learning (transformers' MobileNetV1 config says 0.999: the
+        TensorFlow *keep* probability, stored as a drop rate): reset to ``1 - p``, logged, and in the config too."""
+        arch = self.arch
+        drop = get_module(self, arch.head_dropout) if arch.head_dropout else None
+        rate = getattr(drop, "p", None)
+        if not isinstance(drop, nn.Dropout) or rate is None or rate <= 0.5:
+            return
+        new = round(1.0 - float(rate), 6)
+        key = arch.head_dropout_config
+        logger.warning("Head dropout %s=%g would zero almost all of the new classifier's input, so it could not train "
+                       "(ported TensorFlow configs store the keep probability there): using %g instead.",
+                       f"config.{key}" if key else arch.head_dropout, rate, new)
+        drop.p = new
+        if key and hasattr(self.config, key):
+            setattr(self.config, key, new)
 
     def _set_labels(self, num_labels: int, id2label: dict[int, str], label2id: dict[str, int]) -> None:
         config = self.config
@@ -163,16 +209,56 @@ class SurgeryMixin:
                                        requires_grad=conv.weight.requires_grad)
         conv.in_channels = num_channels
         for path in arch.stem:
-            for m in get_module(self, path).modules():
+            stem = get_module(self, path)
+            for m in stem.modules() if stem is not None else ():
                 if isinstance(getattr(m, "num_channels", None), int):
                     m.num_channels = num_channels
         self.config.num_channels = num_channels
 
     def set_image_size(self, image_size: int) -> None:
-        """Set the input size (config and image processor); it must be at least the architecture minimum."""
-        check_image_size(image_size, self.arch.min_size(self.config), self.config.model_type)
-        if hasattr(self.config, "image_size"):
+        """Set the input size (config and image processor); it must be at least the architecture minimum.
+
+        Models running their own forward keep ``config.image_size`` where it fixes parameter shapes (they interpolate
+        position embeddings / biases at run time), except that absolute position embeddings the family names are
+        resampled to the new grid (then the config follows). A layout read off the model (timm) is read again at
+        the new size."""
+        arch = self.arch
+        check_image_size(image_size, arch.min_size(self.config), self.config.model_type)
+        before, recorded = input_size_hint(self), self.meta.image_size
+        if arch.position_embeddings:
+            self._resample_position_embeddings(image_size)
+        elif hasattr(self.config, "image_size") and not self.runs_native_forward:
             self.config.image_size = image_size
         self._set_meta(image_size=image_size)
+        if before != image_size and get_arch(self.config.model_type).resolver is not None:
+            self._resolve_again(image_size, recorded)
         if self.image_processor is not None:
             self.image_processor = adapt_image_processor(self.image_processor, image_size=image_size)
+
+    def _resolve_again(self, image_size: int, recorded: int | None) -> None:
+        """Read a per-instance layout (timm's) again at the new size; a size it refuses restores the old one."""
+        forget_resolved_arch(self)
+        try:
+            check_image_size(image_size, self.arch.min_size(self.config), self.config.model_type)
+        except Exception:
+            self._set_meta(image_size=recorded)
+            forget_resolved_arch(self)
+            raise
+        if self.freeze_state is not None:
+            self.freeze(self.freeze_state.trainable_stages, self.freeze_state.keep_requires_grad)
+
+    def _resample_position_embeddings(self, image_size: int) -> None:
+        """The family's absolute position embeddings on the patch grid of `image_size` (as the model interpolates
+        them), and ``config.image_size`` (the patch embedding's too) set to it."""
+        arch = self.arch
+        owner_path, _, name = arch.position_embeddings.rpartition(".")
+        owner = get_module(self, owner_path)
+        old = getattr(owner, name)
+        grid = image_size // int(self.config.patch_size)
+        new = resample_position_embeddings(old.detach(), arch.prefix_tokens, grid)
+        setattr(owner, name, nn.Parameter(new, requires_grad=old.requires_grad))
+        patch_embeddings = get_module(self, arch.first_conv.rpartition(".")[0])
+        if hasattr(patch_embeddings, "image_size"):
+            patch_embeddings.image_size = (image_size, image_size)
+            patch_embeddings.num_patches = grid * grid
+        self.config.image_size = image_size

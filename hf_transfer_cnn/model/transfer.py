@@ -33,7 +33,7 @@ from .surgery import SurgeryMixin
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TransferModel", "transfer_class_for"]
+__all__ = ["TransferModel", "transfer_class_for", "pick_native_class"]
 
 # --- the model --------------------------------------------------------------------------------------
 
@@ -48,6 +48,15 @@ def transfer_class_for(native_cls: type) -> type:
         _CLASS_CACHE[native_cls] = type(f"Transfer{native_cls.__name__}", (TransferModel, native_cls),
                                         {"__module__": __name__, "_native_class": native_cls})
     return _CLASS_CACHE[native_cls]
+
+
+def pick_native_class(found: type | tuple[type, ...], config: PretrainedConfig) -> type:
+    """One class where transformers maps a model type to several (DeiT: with and without its distillation head): the
+    one ``config.architectures`` names, else the first (the plain classifier)."""
+    if not isinstance(found, tuple):
+        return found
+    named = set(getattr(config, "architectures", None) or ())
+    return next((c for c in found if c.__name__ in named), found[0])
 
 
 def __getattr__(name: str) -> type:
@@ -119,7 +128,8 @@ class TransferModel(SurgeryMixin, ForwardMixin, SavingMixin, nn.Module):
         config = load_config(pretrained_model_name_or_path, hub_kwargs)
         request = TaskRequest.parse(config, num_labels=num_labels, id2label=id2label, label2id=label2id,
                                     num_channels=num_channels, image_size=image_size, head=head)
-        target_cls = cls if cls is not TransferModel else transfer_class_for(native_class_for(config))
+        target_cls = cls if cls is not TransferModel else transfer_class_for(pick_native_class(native_class_for(config),
+                                                                                                config))
         model = target_cls._load_weights(pretrained_model_name_or_path, model_args, config, hub_kwargs, request)
         model._finish_loading(pretrained_model_name_or_path, hub_kwargs)
         model._adapt_to(request)
@@ -174,9 +184,9 @@ class TransferModel(SurgeryMixin, ForwardMixin, SavingMixin, nn.Module):
 
     @property
     def num_input_channels(self) -> int:
-        # configs without num_channels (TimmWrapper): the first conv's input channels
+        arch = self.arch  # resolving a per-instance layout (timm) records num_channels in the config
         return int(self.meta.input_channels or getattr(self.config, "num_channels", None)
-                   or get_module(self, self.arch.first_conv).in_channels)
+                   or get_module(self, arch.first_conv).in_channels)
 
     @property
     def head_spec(self) -> HeadSpec:
