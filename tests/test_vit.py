@@ -148,10 +148,11 @@ def test_trainer_with_freeze_scheduler_keeps_frozen_stages_bit_exact(vit_dirs, m
     assert not any(m.training for u in units[:3] for mod in u.modules for m in mod.modules())
 
 
-def test_resume_from_a_trainer_checkpoint_is_bit_identical(vit_dirs, random_images, tmp_path):
+@pytest.mark.parametrize("model_type", TYPES)
+def test_resume_from_a_trainer_checkpoint_is_bit_identical(vit_dirs, model_type, random_images, tmp_path):
     def run(out, resume=None):
         torch.manual_seed(0)
-        model = TransferModel.from_pretrained(vit_dirs["vit"], num_labels=4, trainable_stages=1)
+        model = TransferModel.from_pretrained(vit_dirs[model_type], num_labels=4, trainable_stages=1)
         args = _args(out, max_steps=6, save_strategy="steps", save_steps=2)
         trainer = T.Trainer(model=model, args=args, train_dataset=random_images(n=32, size=32),  # 8 steps an epoch
                             callbacks=[FreezeScheduler(unfreeze_at_step=3, num_stages=2, lr_factor=0.5)])
