@@ -508,3 +508,32 @@ def test_lenet5_from_scratch_on_digits(tmp_path, size):
         accuracy = (model.eval()(pixel_values=x[test]).logits.argmax(-1) == y[test]).float().mean().item()
     print(f"LeNet-5 {size}px digits held-out accuracy {accuracy:.4f}")
     assert len(test) == 497 and accuracy >= 0.95
+
+
+def test_timm_gradient_checkpointing_is_honoured(family_dirs, monkeypatch):
+    """gradient_checkpointing_enable() on a timm TransferModel: the trainable stages run through
+    torch.utils.checkpoint (activations recomputed in the backward, not kept), frozen ones do not, and the
+    gradients equal those of the plain run."""
+    import torch.utils.checkpoint as ckpt
+
+    model = TransferModel.from_pretrained(family_dirs["timm"], num_labels=3, trainable_stages=2).train()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model(pixel_values=x).logits.sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    calls = []
+    original = ckpt.checkpoint
+    monkeypatch.setattr(ckpt, "checkpoint", lambda fn, *a, **k: calls.append(fn) or original(fn, *a, **k))
+    model.gradient_checkpointing_enable()
+    model(pixel_values=x).logits.sum().backward()
+    trained = {id(m) for u in model.stage_units()[-2:] for m in u.modules}
+    assert calls and {id(m) for m in calls} <= trained
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == set(plain)
+    for n, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, plain[n], rtol=1e-4, atol=1e-5 * max(1.0, float(plain[n].abs().max())))
+    model.eval()
+    calls.clear()
+    with torch.no_grad():
+        model(pixel_values=x)
+    assert calls == []  # inference never checkpoints

@@ -15,6 +15,7 @@ from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ..fastpath import run_frozen_prefix
+from ..freezing import is_frozen
 from ..registry import StageUnit, get_module
 from .head import HeadSpec
 
@@ -72,16 +73,25 @@ class ForwardMixin:
         neck_done = False
         if start == 0 and not output_hidden_states:
             x, start, neck_done = self._run_frozen_prefix(units, x)
+        checkpointing = self._checkpoints_activations()
         for unit in units[start:]:
             mods = unit.modules[: len(unit.modules) - tail] if unit is units[-1] and tail else unit.modules
             for m in mods:
-                x = m(x)
+                x = _checkpointed(m, x) if checkpointing and _trains(m) else m(x)
             if output_hidden_states:
                 hidden.append(x)
         if not neck_done:
             for path in arch.neck:
                 x = get_module(self, path)(x)
         return (x, tuple(hidden)) if output_hidden_states else x
+
+    def _checkpoints_activations(self) -> bool:
+        """Whether gradient checkpointing is on (transformers' flag, or timm's ``grad_checkpointing`` that
+        TimmWrapper's ``gradient_checkpointing_enable`` sets) and a backward will follow."""
+        if not (self.training and torch.is_grad_enabled()):
+            return False
+        return any(getattr(m, "gradient_checkpointing", False) is True or getattr(m, "grad_checkpointing", False)
+                   is True for m in self.modules())
 
     def _run_frozen_prefix(self, units: list[StageUnit], x: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
         """The frozen units as one inference graph: (their output, the first unit left to run, neck done);
@@ -207,3 +217,14 @@ class ForwardMixin:
             out = (logits,) + ((hidden,) if hidden is not None else ())
             return ((loss,) + out) if loss is not None else out
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden)
+
+
+def _trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters()) and not is_frozen(module)
+
+
+def _checkpointed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` with its activations recomputed in the backward instead of kept (gradient checkpointing)."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(module, x, use_reentrant=False)
