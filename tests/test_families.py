@@ -18,6 +18,7 @@ from hf_transfer_cnn.convert import convert_torchvision, init_checkpoint
 from hf_transfer_cnn.freezing import units_for
 from hf_transfer_cnn.model import ClassificationHead
 from hf_transfer_cnn.registry import get_module
+from tolerance import assert_close
 
 FAMILIES = ["lenet5", "alexnet", "vgg", "googlenet", "resnet", "mobilenet_v2", "timm"]
 STAGES = {"lenet5": 2, "alexnet": 4, "vgg": 4, "googlenet": 3, "resnet": 4, "mobilenet_v2": 4, "timm": 4,
@@ -85,7 +86,7 @@ def test_stage_map_covers_the_network(family_dirs, family):
     size = 32 if family == "lenet5" else 64
     x = torch.randn(2, model.num_input_channels, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert (model(pixel_values=x).logits - _native_logits(native, x)).abs().max() <= 1e-6
+        assert_close(model(pixel_values=x).logits, _native_logits(native, x))
     owner: dict[int, str] = {}
     for unit in model.stage_units():
         for p in unit.parameters():
@@ -209,7 +210,7 @@ def test_mlp_head_last_linear_or_whole_classifier(family_dirs, tmp_path):
     with torch.no_grad():
         expected = plain(pixel_values=x).logits
         # the default fast frozen path (fused inference graph) matches up to float rounding...
-        torch.testing.assert_close(last.eval()(pixel_values=x).logits, expected, rtol=1e-4, atol=1e-5)
+        assert_close(last.eval()(pixel_values=x).logits, expected)
         last.freeze(0, fast=FastOptions(enabled=False))  # ...and the stored weights compute it bit for bit
         assert torch.equal(last(pixel_values=x).logits, expected)
 
@@ -272,7 +273,7 @@ def test_googlenet_aux_classifiers(family_dirs, tmp_path):
     plain = T.AutoModelForImageClassification.from_pretrained(tmp_path / "g3")
     assert plain.googlenet.fc.out_features == 3 and plain.googlenet.aux2.fc2.out_features == 1000
     with torch.no_grad():
-        assert (plain.eval()(pixel_values=x).logits - model.eval()(pixel_values=x).logits).abs().max() <= 1e-6
+        assert_close(plain.eval()(pixel_values=x).logits, model.eval()(pixel_values=x).logits)
     torch.manual_seed(0)
     out = plain.train()(pixel_values=x, labels=torch.tensor([0, 2]))  # aux heads predict another label set:
     assert torch.allclose(out.loss, F.cross_entropy(out.logits, torch.tensor([0, 2])))  # no aux loss
@@ -284,11 +285,11 @@ def test_googlenet_input_transform_rgb_and_gray(family_dirs):
     rgb = TransferModel.from_pretrained(family_dirs["googlenet"]).eval()
     pixels = torch.rand(1, 3, 8, 8)
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    assert torch.allclose(rgb.input_transform((pixels - mean) / std), (pixels - 0.5) / 0.5, atol=1e-6)
+    assert_close(rgb.input_transform((pixels - mean) / std), (pixels - 0.5) / 0.5)
     gray = TransferModel.from_pretrained(family_dirs["googlenet"], num_channels=1).eval()
     p = torch.rand(2, 1, 64, 64)
     m, s = gray.image_processor.image_mean[0], gray.image_processor.image_std[0]
-    assert torch.allclose(gray.input_transform((p - m) / s), (p - 0.5) / 0.5, atol=1e-5)
+    assert_close(gray.input_transform((p - m) / s), (p - 0.5) / 0.5)
     # the whole model: a gray image == that image replicated to RGB, each through its own processor statistics
     rgb_in = (p.expand(-1, 3, -1, -1) - mean) / std
     torch.testing.assert_close(gray((p - m) / s).logits, rgb(rgb_in).logits, rtol=1e-4, atol=1e-4)
@@ -401,7 +402,7 @@ def test_timm_top_level_head_dropout_acts_on_pooled_features(tmp_path):
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     model, ours, theirs = _timm_with_drop_rate("densenet121", tmp_path / "densenet", x)
     assert model.arch.head_dropout == "timm_model.head_drop" and model.arch.neck == ()
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert_close(ours, theirs)
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet"])
@@ -411,7 +412,7 @@ def test_timm_functional_head_dropout_is_applied(arch, tmp_path):
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     model, ours, theirs = _timm_with_drop_rate(arch, tmp_path / arch, x)
     assert model.arch.head_dropout is None and model.arch.head_dropout_rate == 0.5
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert_close(ours, theirs)
     with torch.no_grad():
         assert not torch.allclose(ours, model.eval()(pixel_values=x).logits, atol=1e-3)  # dropout did act
     new = TransferModel.from_pretrained(tmp_path / arch, num_labels=2).train()  # a new head, on cached features too

@@ -18,6 +18,7 @@ from hf_transfer_cnn import FreezeScheduler, TransferModel
 from hf_transfer_cnn.families.timm_wrapper import UnsupportedTimmModelError
 from hf_transfer_cnn.freezing import freeze_model, units_for
 from hf_transfer_cnn.registry import get_module
+from tolerance import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,8 +77,7 @@ def test_layout_and_logits(timm_dirs, name):
     assert [n for n, p in model.named_parameters() if id(p) not in owner and id(p) not in heads] == []
     plain = T.AutoModelForImageClassification.from_pretrained(timm_dirs[name]).eval()
     with torch.no_grad():
-        assert torch.allclose(model(pixel_values=_x(size)).logits, plain(pixel_values=_x(size)).logits,
-                              rtol=1e-5, atol=1e-6)
+        assert_close(model(pixel_values=_x(size)).logits, plain(pixel_values=_x(size)).logits)
     assert len(units_for(plain)) == stages + 1  # the plain model's stage map (FreezeScheduler on plain models)
 
 
@@ -109,7 +109,7 @@ def test_trainer_freeze_scheduler_and_round_trip(timm_dirs, name, random_images,
     with torch.no_grad():
         logits = model(pixel_values=_x(size)).logits
         assert logits.shape == (2, 3)
-        assert torch.allclose(plain(pixel_values=_x(size)).logits, logits, rtol=1e-5, atol=1e-6)
+        assert_close(plain(pixel_values=_x(size)).logits, logits)
 
 
 def test_loose_stem_parameters_kept_for_a_later_unfreeze_do_not_move(timm_dirs):

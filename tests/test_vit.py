@@ -21,6 +21,7 @@ from PIL import Image
 from hf_transfer_cnn import FreezeScheduler, TransferModel
 from hf_transfer_cnn.freezing import units_for
 from hf_transfer_cnn.registry import get_module
+from tolerance import assert_close
 
 REPO = Path(__file__).resolve().parents[1]
 _VIT = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
@@ -90,7 +91,7 @@ def test_forward_is_the_native_forward(vit_dirs, model_type):
         model = TransferModel.from_pretrained(path, trainable_stages=trainable).eval()
         assert model.arch.forward == "native" and model.stage_names == ["stem", "stage1", "stage2", "stage3", "stage4"]
         with torch.no_grad():
-            assert (model(pixel_values=_x()).logits - expected).abs().max() <= 1e-6
+            assert_close(model(pixel_values=_x()).logits, expected)
     owner: dict[int, str] = {}
     for unit in model.stage_units():
         for p in unit.parameters():
@@ -107,7 +108,7 @@ def test_frozen_stages_run_without_grad_and_dropout(vit_dirs, model_type):
     model = TransferModel.from_pretrained(vit_dirs[model_type], num_labels=3, trainable_stages=0).train()
     x = _x()
     a, b = model(pixel_values=x).logits, model(pixel_values=x).logits
-    assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)  # float rounding of the frozen modules' inference copies only
+    assert_close(a, b)  # float rounding of the frozen modules' inference copies only
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model.classify_pooled(model.pooled_features(x)), model(pixel_values=x).logits)
@@ -186,7 +187,7 @@ def test_save_load_round_trip_and_pipeline(vit_dirs, model_type, tmp_path):
     plain = T.AutoModelForImageClassification.from_pretrained(tmp_path / "saved").eval()
     with torch.no_grad():
         assert torch.equal(again(pixel_values=_x()).logits, logits)
-        assert (plain(pixel_values=_x()).logits - logits).abs().max() <= 1e-6
+        assert_close(plain(pixel_values=_x()).logits, logits)
     image = Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype("uint8"))
     predictions = T.pipeline("image-classification", model=str(tmp_path / "saved"), device="cpu")(image)
     assert {p["label"] for p in predictions} == set(labels.values())
@@ -205,7 +206,7 @@ def test_other_size_and_channels_reach_plain_transformers(vit_dirs, model_type, 
     model.save_pretrained(tmp_path / "gray48")
     plain = T.AutoModelForImageClassification.from_pretrained(tmp_path / "gray48").eval()
     with torch.no_grad():
-        assert (plain(pixel_values=x).logits - logits).abs().max() <= 1e-6
+        assert_close(plain(pixel_values=x).logits, logits)
 
 
 def test_position_embeddings_resample_as_the_model_interpolates(vit_dirs):
@@ -215,7 +216,7 @@ def test_position_embeddings_resample_as_the_model_interpolates(vit_dirs):
     assert model.vit.embeddings.position_embeddings.shape[1] == 1 + 6 * 6
     with torch.no_grad():
         expected = native(pixel_values=_x(size=48), interpolate_pos_encoding=True).logits
-        assert (model(pixel_values=_x(size=48)).logits - expected).abs().max() <= 1e-5
+        assert_close(model(pixel_values=_x(size=48)).logits, expected)
 
 
 def test_custom_head_and_what_is_refused(vit_dirs, tmp_path):
@@ -225,7 +226,7 @@ def test_custom_head_and_what_is_refused(vit_dirs, tmp_path):
     again = TransferModel.from_pretrained(tmp_path / "custom").eval()
     model.eval()
     with torch.no_grad():
-        assert (again(pixel_values=_x()).logits - model(pixel_values=_x()).logits).abs().max() <= 1e-6
+        assert_close(again(pixel_values=_x()).logits, model(pixel_values=_x()).logits)
     with pytest.raises(ValueError, match="pooling='max' is not available.*Use pooling='avg'"):
         TransferModel.from_pretrained(vit_dirs["vit"], num_labels=3, head={"pooling": "max"})
     with pytest.raises(ValueError, match="forward_features is not available.*runs its own forward"):
