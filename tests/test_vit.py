@@ -284,7 +284,7 @@ def test_ddp_two_ranks_on_a_plain_vit(vit_dirs, tmp_path):
     script.write_text(textwrap.dedent(_DDP_SCRIPT))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543",
            str(script), vit_dirs["vit"], str(out)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
