@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 
-from hf_transfer_cnn.recipe import TrainingDiverged, parse_recipe_args, run_finetune
+from hf_transfer_cnn.recipe import TrainingDiverged, close_process_group, parse_recipe_args, run_finetune
 from hf_transfer_cnn.hub import HubPushError, redact_logs
 
 
@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     except (HubPushError, TrainingDiverged) as err:  # a failed upload (training is saved) or a diverged run (its
         print(f"error: {err}", file=sys.stderr)  # good checkpoints are kept): the message says what to do
         return 1
+    finally:
+        close_process_group()  # each DDP process closes its gloo/NCCL group before the interpreter tears down
     if training_args.process_index != 0:  # under DDP every process returns; one summary is enough
         return 0
     summary = {k: results[k] for k in ("before_accuracy", "eval_accuracy", "eval_top5_accuracy", "eval_macro_f1",

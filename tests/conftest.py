@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -101,3 +103,14 @@ def tiny_checkpoints(tmp_path_factory) -> dict[str, str]:
     """model_type -> directory of a saved tiny checkpoint (built once per test session)."""
     root = tmp_path_factory.mktemp("tiny_ckpts")
     return {t: make_checkpoint(t, root / t) for t in NATIVE_TYPES}
+
+
+@pytest.fixture
+def torchrun() -> list[str]:
+    """The command that launches a script on 2 CPU processes (gloo), on a port free right now: concurrent test
+    runs on one machine must not share a rendezvous port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(port)]

@@ -48,6 +48,7 @@ def main():
                 "ddp": type(trainer.model_wrapped).__name__,
                 "at_step3": snap.states[3],
                 "log": trainer.state.log_history}, os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()  # as torch asks of every script: gloo left to teardown can abort
 
 
 if __name__ == "__main__":

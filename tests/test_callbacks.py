@@ -329,14 +329,13 @@ def test_lr_factor_without_scheduler_is_refused(random_images, tiny_checkpoints)
     assert_close(flat(top) - before, -0.5 * grad, ulps=SAME_OPS, scale=float(before.abs().max()))
 
 
-def test_ddp_two_processes(tiny_checkpoints, tmp_path):
+def test_ddp_two_processes(tiny_checkpoints, tmp_path, torchrun):
     """torchrun --nproc_per_node 2 (gloo, CPU): ranks agree, the stage trained, frozen stages untouched."""
     from safetensors.torch import load_file
 
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(REPO / "tests" / "ddp_freeze_script.py"), tiny_checkpoints["resnet"], str(out)]
+    cmd = [*torchrun, str(REPO / "tests" / "ddp_freeze_script.py"), tiny_checkpoints["resnet"], str(out)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))

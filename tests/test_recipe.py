@@ -113,11 +113,10 @@ def test_recipe_end_to_end_real_mobilenet(real_mobilenet_v2, color_folder, tmp_p
     assert "cannot read image" in capsys.readouterr().err
 
 
-def test_recipe_torchrun_two_processes(real_mobilenet_v2, color_folder, tmp_path):
+def test_recipe_torchrun_two_processes(real_mobilenet_v2, color_folder, tmp_path, torchrun):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(REPO / "recipes" / "finetune.py"),
+    cmd = [*torchrun, str(REPO / "recipes" / "finetune.py"),
            *_args(real_mobilenet_v2, color_folder, out, "--max_steps", "6", "--unfreeze_at_step", "3",
                   "--eval_strategy", "no", "--per_device_train_batch_size", "4")]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -618,3 +617,16 @@ def test_results_record_the_trained_epochs_and_a_cpu_run_warns_nothing_about_pin
     assert saved["epoch"] == results["epoch"] == 2.0 and saved["train_steps"] == 6  # 48 images / 16, twice
     assert "before_accuracy" in saved and "before_epoch" not in saved
     assert not [w for w in caught if "pin_memory" in str(w.message)]
+
+
+def test_close_process_group_ends_the_group_the_launch_opened():
+    """recipes/finetune.py closes the process group as each process ends (gloo left to teardown can abort it)."""
+    import torch.distributed as dist
+
+    from hf_transfer_cnn.recipe import close_process_group
+
+    close_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_process_group()
+    assert not dist.is_initialized()

@@ -121,12 +121,11 @@ def test_stream_parts_of_two_processes_are_disjoint_and_cover_the_data(stream_se
         assert sorted(label for _, label in parts[0] | parts[1]) == [0] * 4 + [1] * 4
 
 
-def test_streaming_torchrun_two_processes(stream_setup, tmp_path):
+def test_streaming_torchrun_two_processes(stream_setup, tmp_path, torchrun):
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(REPO / "recipes" / "finetune.py"), *_argv(stream_setup, out)]
+    cmd = [*torchrun, str(REPO / "recipes" / "finetune.py"), *_argv(stream_setup, out)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]  # torchrun exits 0 only when both ranks did
     saved = json.loads((out / "all_results.json").read_text())

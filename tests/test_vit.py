@@ -274,18 +274,18 @@ trainer.train()
 torch.save({"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "world_size": trainer.args.world_size, "ddp": type(trainer.model_wrapped).__name__},
            os.path.join(out, f"rank{os.environ.get('RANK', 0)}.pt"))
+torch.distributed.destroy_process_group()  # as torch asks of every script: gloo left to teardown can abort
 '''
 
 
-def test_ddp_two_ranks_on_a_plain_vit(vit_dirs, tmp_path):
+def test_ddp_two_ranks_on_a_plain_vit(vit_dirs, tmp_path, torchrun):
     """torchrun --nproc_per_node 2 (gloo, CPU) with the plain transformers ViT and FreezeScheduler: ranks agree, the
     stage unfrozen at step 2 and the head trained, the frozen stages are bit-identical to the checkpoint."""
     script = tmp_path / "ddp_vit.py"
     script.write_text(textwrap.dedent(_DDP_SCRIPT))
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29543",
-           str(script), vit_dirs["vit"], str(out)]
+    cmd = [*torchrun, str(script), vit_dirs["vit"], str(out)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1))

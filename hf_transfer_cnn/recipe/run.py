@@ -22,7 +22,7 @@ from .publish import push_outputs
 from .results import write_results
 from .training import build_trainer, evaluate_before, train_and_evaluate
 
-__all__ = ["ModelArguments", "parse_recipe_args", "run_finetune", "STRATEGIES"]
+__all__ = ["ModelArguments", "parse_recipe_args", "run_finetune", "STRATEGIES", "close_process_group"]
 
 
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, transform_args: TransformArguments,
@@ -74,3 +74,15 @@ def _take_over_trainer_settings(training_args) -> bool:
         training_args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every DataLoader
     push, training_args.push_to_hub = training_args.push_to_hub, False  # we push the finished folder ourselves
     return push
+
+
+def close_process_group() -> None:
+    """Destroy the process group Trainer opened (torchrun / accelerate launch), as each process ends.
+
+    A gloo group left to interpreter teardown can abort a process that finished its work (SIGABRT, "terminate
+    called without an active exception"), which turns a successful DDP run into a failed launch. Call it from the
+    script that owns the process, not from library code: a caller's own group is the caller's to close."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
