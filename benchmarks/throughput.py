@@ -1,6 +1,7 @@
 """Benchmark 1: train-step throughput (img/s) — ours vs plain PyTorch/Trainer-style steps, same run, same model.
 
     python benchmarks/throughput.py [--image-size 96] [--batch-size 32] [--device cpu|cuda] [--bf16] [--channels-last]
+                                    [--no-jit]
 
 Rows: plain transformers eager inference (the "limit"), a naive frozen backbone (requires_grad off, BN eval),
 a plain full fine-tune step, and our feature extraction / top-2 fine-tune / full fine-tune steps (defaults);
@@ -11,7 +12,8 @@ it. By default the round-robin runs within two groups, inference-like (eager inf
 feature extraction) and fine-tuning (plain full, our top-2, our full), as each runs in practice: next to steps of
 its own kind. `--interleave all` puts all six in every round; a full fine-tune step between two inference-like
 blocks evicts their caches and heap, which slows whichever block follows it.
-Writes benchmarks/results/throughput[-<device>].json.
+`--no-jit` makes torch.jit's trace/script/freeze/optimize_for_inference raise for the whole run: the defaults must
+not need TorchScript (deprecated by PyTorch). Writes benchmarks/results/throughput[-<device>].json.
 """
 
 from __future__ import annotations
@@ -85,6 +87,15 @@ def timing_groups(names: list[str], interleave: str = "groups") -> list[list[str
     return [[n for n in names if n in INFERENCE_LIKE], [n for n in names if n not in INFERENCE_LIKE]]
 
 
+def forbid_torchscript() -> None:
+    """Make torch.jit's graph builders raise from now on in this process."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError("TorchScript is switched off for this benchmark (--no-jit)")
+
+    for name in ("trace", "script", "freeze", "optimize_for_inference"):
+        setattr(torch.jit, name, refuse)
+
+
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -124,7 +135,11 @@ def main(argv=None):
                     choices=[k for k, f in FastOptions.__dataclass_fields__.items() if f.default is True],
                     help="also time our top-2 step with this FastOptions switch off, in the same round-robin "
                          "(repeatable)")
+    ap.add_argument("--no-jit", action="store_true",
+                    help="make torch.jit's trace/script/freeze/optimize_for_inference raise (defaults must not use them)")
     args = parse_args(ap, argv)
+    if args.no_jit:
+        forbid_torchscript()
 
     dev = torch.device(args.device)
     ckpt = make_checkpoint(Path(args.workdir) / "mobilenet_v2_full")

@@ -1,4 +1,5 @@
-"""Issue #6: frozen stages run as BN-folded channels_last inference copies — exact, fresh, undone on unfreeze."""
+"""Frozen stages run as inference copies (BN folded, convs fused with their activations, channels_last; TorchScript
+graphs and torch.compile opt-in) — exact, fresh, undone on unfreeze, and no TorchScript on the default path."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import torch
 
 from hf_transfer_cnn import FastOptions, TransferModel
 from hf_transfer_cnn.fastpath import FAST_ATTR as _FAST
-from hf_transfer_cnn.fastpath import PREFIX_ATTR as _PREFIX
-from hf_transfer_cnn.fastpath import OneDNNGraph, build_inference_copy, is_inference_graph
+from hf_transfer_cnn.fastpath import PREFIX_ATTR
+from hf_transfer_cnn.fastpath import FusedConvAct, OneDNNGraph, build_inference_copy, is_inference_graph
 from hf_transfer_cnn.fastpath.graphs import freeze_graph as _freeze_graph
 from tolerance import OTHER_KERNELS, SAME_OPS, assert_close
 
@@ -22,68 +23,106 @@ def _slots(model):
     return [m.__dict__[_FAST] for m in model.modules() if _FAST in m.__dict__]
 
 
+def _fused(copy_) -> int:
+    return sum(isinstance(m, FusedConvAct) for m in copy_.modules()) if isinstance(copy_, torch.nn.Module) else 0
+
+
+# the tiny checkpoints whose frozen stages have a conv consumed by an activation module (after folding its BN)
+FUSABLE_TYPES = ["resnet", "regnet", "efficientnet", "mobilenet_v1", "mobilenet_v2"]
+
+
 def test_fast_frozen_path_matches_plain(tiny_checkpoints, native_type):
+    """Every execution mode (defaults: eager, folded, fused; opt-in TorchScript graphs) against the plain frozen
+    modules, in training mode with a trainable top stage."""
     path = tiny_checkpoints[native_type]
     fast = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).train()
-    plain = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1)
-    plain.load_state_dict(fast.state_dict())
-    plain.freeze(1, fast=FastOptions(enabled=False))
-    plain.train()
-    eager = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1)
-    eager.load_state_dict(fast.state_dict())
-    eager.freeze(1, fast=FastOptions(jit=False))
-    eager.train()
+    models = {"fast": fast}
+    for name, options in (("plain", FastOptions(enabled=False)), ("graph", FastOptions(jit=True)),
+                          ("unfused", FastOptions(fuse=False))):
+        models[name] = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1)
+        models[name].load_state_dict(fast.state_dict())
+        models[name].freeze(1, fast=options)
+        models[name].train()
     frozen = [m for u in fast.stage_units()[:-1] for m in u.modules]
     state0 = [{k: v.clone() for k, v in m.state_dict().items()} for m in frozen]
     x = torch.randn(4, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)  # same dropout masks in the trainable part
-    a = fast(x).logits
-    torch.manual_seed(0)
-    b = plain(x).logits
-    torch.manual_seed(0)
-    c = eager(x).logits
-    # the trainable top stage's BatchNorm normalises by a batch of 4's statistics, which magnifies rounding
-    assert_close(a, b, ulps=4 * OTHER_KERNELS)
-    assert_close(c, b, ulps=4 * OTHER_KERNELS)
-    assert not _slots(plain)
-    assert _slots(fast)
-    prefix = fast.__dict__.get(_PREFIX)
-    graphs = [s.copy for s in _slots(fast)] + ([prefix.graph] if prefix else [])
-    # Modules whose forward turns tensor shapes into Python numbers (BiT's dynamic padding, MobileNet's TF padding)
-    # trace with warnings and stay eager copies, by design; the others run as frozen inference graphs (one for the
-    # whole frozen prefix where it reproduces the modules, else one per module).
-    if native_type in ("resnet", "regnet", "convnext", "convnextv2", "efficientnet"):
-        assert any(is_inference_graph(c) for c in graphs), "no frozen inference graph on CPU"
-    slots = _slots(eager)
+    logits = {}
+    for name, model in models.items():
+        torch.manual_seed(0)  # same dropout masks in the trainable part
+        logits[name] = model(x).logits
+    for name in ("fast", "graph", "unfused"):
+        # the trainable top stage's BatchNorm normalises by a batch of 4's statistics, which magnifies rounding
+        assert_close(logits[name], logits["plain"], ulps=4 * OTHER_KERNELS, msg=name)
+    assert not _slots(models["plain"])
+    slots = _slots(fast)
     assert slots and all(s.copy is not None and not is_inference_graph(s.copy) for s in slots)
+    assert PREFIX_ATTR not in fast.__dict__ or fast.__dict__[PREFIX_ATTR].graph is None
+    assert (sum(_fused(s.copy) for s in slots) > 0) == (native_type in FUSABLE_TYPES)
+    assert sum(_fused(s.copy) for s in _slots(models["unfused"])) == 0
     if native_type in BN_TYPES:
         remaining = sum(isinstance(m, torch.nn.BatchNorm2d) for s in slots for m in s.copy.modules())
         original = sum(isinstance(m, torch.nn.BatchNorm2d) for u in fast.stage_units()[:-1] for mod in u.modules
                        for m in mod.modules())
         assert original > 0 and remaining < original / 2, (remaining, original)
+    # Modules whose forward turns tensor shapes into Python numbers (BiT's dynamic padding, MobileNet's TF padding)
+    # trace with warnings and stay eager copies, by design; the others run as frozen inference graphs (one for the
+    # whole frozen prefix where it reproduces the modules, else one per module).
+    prefix = models["graph"].__dict__.get(PREFIX_ATTR)
+    graphs = [s.copy for s in _slots(models["graph"])] + ([prefix.graph] if prefix else [])
+    if native_type in ("resnet", "regnet", "convnext", "convnextv2", "efficientnet"):
+        assert any(is_inference_graph(c) for c in graphs), "no frozen inference graph on CPU"
     for m, before in zip(frozen, state0):  # frozen parameters and stats are never touched
         assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+
+def test_default_path_uses_no_torchscript(tiny_checkpoints, monkeypatch):
+    """With torch.jit's trace/script/freeze/optimize_for_inference raising, the defaults build their copies, fuse,
+    and a training step gives the plain frozen model's result."""
+    def no_jit(*args, **kwargs):
+        raise AssertionError("TorchScript used on the default fast path")
+
+    for name in ("trace", "script", "freeze", "optimize_for_inference"):
+        monkeypatch.setattr(torch.jit, name, no_jit)
+    path = tiny_checkpoints["mobilenet_v2"]
+    fast = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2)
+    plain = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2)
+    plain.load_state_dict(fast.state_dict())
+    plain.freeze(2, fast=FastOptions(enabled=False))
+    x, y = torch.randn(6, 3, 40, 40), torch.tensor([0, 1, 2, 0, 1, 2])
+    grads = []
+    for model in (fast, plain):
+        model.train()
+        torch.manual_seed(0)
+        torch.nn.functional.cross_entropy(model(x).logits, y).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    # some gradients are ~0 by cancellation (a BN bias feeding a training-mode BN): rounding is relative to the
+    # largest gradient, not to their own size
+    scale = max(float(g.abs().max()) for g in grads[1].values())
+    for name, g in grads[0].items():
+        assert_close(g, grads[1][name], ulps=4 * OTHER_KERNELS, scale=scale, msg=name)
+    assert sum(_fused(s.copy) for s in _slots(fast)) > 0
 
 
 def test_whole_prefix_graph_follows_freeze_and_weights(tiny_checkpoints):
     """TransferModel runs its frozen prefix as one graph; a new freeze boundary or new weights rebuild it."""
     model = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2).eval()
+    model.freeze(2, fast=FastOptions(jit=True))  # opt-in: TorchScript graphs
     reference = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2)
     reference.load_state_dict(model.state_dict())
     reference.freeze(2, fast=FastOptions(enabled=False))
     reference.eval()
     x = torch.randn(4, 3, 40, 40)
     assert_close(model(x).logits, reference(x).logits)
-    key, graph = model.__dict__[_PREFIX].key, model.__dict__[_PREFIX].graph
+    key, graph = model.__dict__[PREFIX_ATTR].key, model.__dict__[PREFIX_ATTR].graph
     assert is_inference_graph(graph) and len(key[0]) == sum(len(u.modules) for u in model.stage_units()[:-2])
-    for m in (model, reference):
-        m.freeze(0)
+    model.freeze(0, fast=FastOptions(jit=True))
     reference.freeze(0, fast=FastOptions(enabled=False))
     with torch.no_grad():
         for m in (model, reference):
             m.efficientnet.embeddings.convolution.weight.mul_(1.5)
     assert_close(model(x).logits, reference(x).logits)
-    assert model.__dict__[_PREFIX].key != key
+    assert model.__dict__[PREFIX_ATTR].key != key
 
 
 def _onednn_fuses() -> bool:
@@ -99,15 +138,16 @@ requires_fusion = pytest.mark.skipif(not _onednn_fuses(), reason="this torch bui
 
 @requires_fusion
 def test_onednn_fused_prefix_matches_at_every_batch_size_and_restores_the_switch(tiny_checkpoints):
-    """The default frozen graph is oneDNN-fused (conv + activation + add), reproduces the plain model at batch sizes it
-    was not built for, and leaves torch's process-wide fusion switch as it found it; fuse=False gives the prepacked
-    graph instead."""
+    """The (opt-in) frozen graph is oneDNN-fused (conv + activation + add), reproduces the plain model at batch sizes
+    it was not built for, and leaves torch's process-wide fusion switch as it found it; fuse=False gives the
+    prepacked graph instead."""
     path = tiny_checkpoints["efficientnet"]
     reference = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2).eval()
     reference.freeze(2, fast=FastOptions(enabled=False))
     fused = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2).eval()
+    fused.freeze(2, fast=FastOptions(jit=True))
     prepacked = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2).eval()
-    prepacked.freeze(2, fast=FastOptions(fuse=False))
+    prepacked.freeze(2, fast=FastOptions(jit=True, fuse=False))
     for m in (fused, prepacked):
         m.load_state_dict(reference.state_dict())
     g = torch.Generator().manual_seed(0)
@@ -117,10 +157,10 @@ def test_onednn_fused_prefix_matches_at_every_batch_size_and_restores_the_switch
         assert_close(fused(x).logits, expected)
         assert_close(prepacked(x).logits, expected)
         assert torch.jit.onednn_fusion_enabled() is False
-    assert isinstance(fused.__dict__[_PREFIX].graph, OneDNNGraph)
+    assert isinstance(fused.__dict__[PREFIX_ATTR].graph, OneDNNGraph)
     fused(x)  # the last TorchScript graph run: the fused prefix, with oneDNN fusion groups in its optimised plan
     assert "oneDNNFusionGroup" in str(torch._C._last_executed_optimized_graph())
-    graph = prepacked.__dict__[_PREFIX].graph
+    graph = prepacked.__dict__[PREFIX_ATTR].graph
     assert isinstance(graph, torch.jit.ScriptModule)
     torch.jit.enable_onednn_fusion(True)  # a user's own setting survives our calls
     try:
@@ -135,13 +175,14 @@ def test_fused_graph_checks_new_batch_sizes_and_falls_back_to_the_plain_module(t
     """oneDNN compiles kernels per batch size after the graph was verified; the first calls at each new size are
     checked against the plain module, and a wrong or failing kernel makes the graph hand over to it for good."""
     model = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2).eval()
+    model.freeze(2, fast=FastOptions(jit=True))
     reference = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2)
     reference.load_state_dict(model.state_dict())
     reference.freeze(2, fast=FastOptions(enabled=False))
     reference.eval()
     x = torch.randn(4, 3, 40, 40)
     assert_close(model(x).logits, reference(x).logits)
-    graph = model.__dict__[_PREFIX].graph
+    graph = model.__dict__[PREFIX_ATTR].graph
     assert isinstance(graph, OneDNNGraph) and graph.reference is not None and not graph.failed
     for _ in range(OneDNNGraph.WARMUP):
         model(x)
@@ -169,10 +210,11 @@ def test_fused_graph_checks_new_batch_sizes_and_falls_back_to_the_plain_module(t
 
     fresh = TransferModel.from_pretrained(tiny_checkpoints["efficientnet"], num_labels=3, trainable_stages=2).eval()
     fresh.load_state_dict(model.state_dict())
+    fresh.freeze(2, fast=FastOptions(jit=True))
     fresh(x)
-    fresh.__dict__[_PREFIX].graph.module = broken
+    fresh.__dict__[PREFIX_ATTR].graph.module = broken
     assert_close(fresh(x6).logits, reference(x6).logits)
-    assert fresh.__dict__[_PREFIX].graph.failed and "raised RuntimeError" in caplog.text
+    assert fresh.__dict__[PREFIX_ATTR].graph.failed and "raised RuntimeError" in caplog.text
 
 
 def test_unfreeze_drops_copies_and_refreeze_rebuilds(tiny_checkpoints):

@@ -135,15 +135,16 @@ def test_accelerate_hooks_run_while_frozen_and_after_unfreeze(tiny_checkpoints):
 def test_prefix_graph_follows_fast_options(tiny_checkpoints, monkeypatch):
     path = tiny_checkpoints["efficientnet"]
     model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=2).eval()
+    model.freeze(2, fast=FastOptions(jit=True))  # the whole-prefix graph is TorchScript's, opt-in
     reference = _plain_reference(model, path).eval()
     builds = _record_builds(monkeypatch)[0]
     x = torch.randn(4, 3, 40, 40)
     with torch.no_grad():
         model(x)
-        options = FastOptions(fuse=False, fold_bn=False)
+        options = FastOptions(jit=True, fuse=False, fold_bn=False)
         model.freeze(2, fast=options)
         assert_close(model(x).logits, reference(x).logits)
-    assert [o for _, o in builds] == [FastOptions(), options]
+    assert [o for _, o in builds] == [FastOptions(jit=True), options]
     graph = model.__dict__[PREFIX_ATTR].graph
     assert isinstance(graph, torch.jit.ScriptModule) and not isinstance(graph, OneDNNGraph)
 
@@ -152,6 +153,7 @@ def _two_size_setup(tiny_checkpoints, monkeypatch):
     """(model with a frozen prefix, its plain reference, the recorded prefix builds, inputs of two sizes)."""
     path = tiny_checkpoints["efficientnet"]
     model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
+    model.freeze(1, fast=FastOptions(jit=True))
     reference = _plain_reference(model, path).eval()
     return model, reference, _record_builds(monkeypatch)[0], [torch.randn(3, 3, 40, 40), torch.randn(3, 3, 48, 48)]
 
@@ -168,6 +170,21 @@ def test_prefix_graph_per_input_size_built_once(tiny_checkpoints, monkeypatch):
         model(torch.randn(3, 3, 56, 56))
     _, graphs = model.__dict__[PREFIX_ATTR].entry
     assert list(graphs) == [((3, 56, 56), torch.float32)]
+
+
+def test_default_copies_are_built_once_whatever_the_input_sizes(tiny_checkpoints, monkeypatch):
+    """The default (eager) copies do not depend on the input size: a last partial batch, an evaluation batch size or
+    a new image size reuse them, so a shape that occurs once costs no build."""
+    path = tiny_checkpoints["efficientnet"]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
+    reference = _plain_reference(model, path).eval()
+    prefix, per_module = _record_builds(monkeypatch)
+    with torch.no_grad():
+        for shape in ((4, 3, 40, 40), (3, 3, 40, 40), (7, 3, 40, 40), (1, 3, 48, 48), (5, 3, 56, 56)):
+            x = torch.randn(*shape)
+            assert_close(model(x).logits, reference(x).logits)
+    n_frozen_modules = sum(len(u.modules) for u in model.stage_units()[:-1])
+    assert not prefix and len(per_module) == len({m for m, _ in per_module}) == n_frozen_modules
 
 
 def test_prefix_graph_built_once_under_concurrent_calls(tiny_checkpoints, monkeypatch):
@@ -306,6 +323,7 @@ def test_inference_graph_checked_at_another_batch_size(tiny_checkpoints, monkeyp
 
     monkeypatch.setattr(copies, "freeze_graph", recording)
     model = TransferModel.from_pretrained(tiny_checkpoints["resnet"], num_labels=3, trainable_stages=1).eval()
+    model.freeze(1, fast=FastOptions(jit=True))
     with torch.no_grad():
         model(torch.randn(first_batch, 3, 40, 40), output_hidden_states=True)  # per-module graphs
         model(torch.randn(first_batch, 3, 48, 48))  # the whole-prefix graph

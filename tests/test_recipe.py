@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np

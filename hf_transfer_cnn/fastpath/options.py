@@ -14,22 +14,24 @@ FROZEN_ATTRS = ("train", "_replicate_for_data_parallel", FROZEN_FLAG, FAST_ATTR)
 
 @dataclass(frozen=True)
 class FastOptions:
-    """How a frozen module executes. Defaults are exact up to float rounding.
+    """How a frozen module executes. Defaults are exact up to float rounding, eager, and cheap to build (tens of
+    milliseconds per module, once per dtype/device/autocast; no per-input-size builds).
 
+    enabled: False runs frozen modules as they are (under no_grad, BatchNorm in eval): the off switch.
     fold_bn: run a copy whose eval-mode BatchNorms are folded into the preceding convs.
     channels_last: run that copy in channels_last memory format.
-    jit: on CPU (outside autocast), freeze the copy into an inference graph (TorchScript trace + freeze), one per
-        input size (C, H, W); a module that does not trace cleanly, or whose graph does not reproduce it at
-        another batch size, runs the eager copy instead.
-    fuse: with `jit`, let oneDNN Graph fuse the graph's convs with their activations and residual adds (each
-        new batch size compiles once, ~0.1 s); where it fuses nothing or changes the output, the graph runs
-        with prepacked oneDNN convs instead (``torch.jit.optimize_for_inference``).
-    compile: `torch.compile` the eager copy instead (rebuilt on every freeze change; first call compiles).
+    fuse: fuse each conv with the activation module that consumes it into one oneDNN call (CPU, float32; the
+        kernel Inductor's CPU freezing emits); with `jit`, let oneDNN Graph fuse the TorchScript graph instead.
+    jit: opt-in, deprecated by PyTorch: on CPU (outside autocast), freeze the copy into a TorchScript inference
+        graph, one per input size (C, H, W), each built on first use (~0.1-1 s); the frozen prefix then runs as one
+        graph. A module that does not trace cleanly runs the eager copy.
+    compile: opt-in: `torch.compile` the eager copy, compiled and verified when built (seconds on CPU; rebuilt on
+        every freeze change). Pays off on long runs only.
     """
 
     enabled: bool = True
     fold_bn: bool = True
     channels_last: bool = True
-    jit: bool = True
     fuse: bool = True
+    jit: bool = False
     compile: bool = False

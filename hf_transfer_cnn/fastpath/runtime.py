@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 
 import torch
 from torch import nn
@@ -112,7 +113,7 @@ def fast_call(module: nn.Module, x: torch.Tensor):
         if fn is None:
             if len(slot.copies) >= MAX_SHAPES:
                 slot.copies.clear()
-            fn = build_inference_copy(module, x, slot.options, use_jit=use_jit)
+            fn = _timed_build(module, x, lambda: build_inference_copy(module, x, slot.options, use_jit=use_jit))
             if use_jit and not is_inference_graph(fn):  # it won't trace: stay eager for all sizes
                 slot.no_graph = True
                 sig = (x.dtype, x.device, autocast)
@@ -120,6 +121,20 @@ def fast_call(module: nn.Module, x: torch.Tensor):
     if slot.options.channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return fn(x)
+
+
+SLOW_BUILD_S = 1.0
+"""A build of a fast copy that takes longer than this logs one INFO line with its duration."""
+
+
+def _timed_build(module: nn.Module, x: torch.Tensor, build):
+    started = time.perf_counter()
+    fn = build()
+    took = time.perf_counter() - started
+    if took > SLOW_BUILD_S:
+        logger.info("Fast path: built the frozen %s's %s for input %s in %.1f s.", type(module).__name__,
+                    "graph" if is_inference_graph(fn) else "inference copy", tuple(x.shape[1:]), took)
+    return fn
 
 
 PREFIX_ATTR = "_hf_transfer_prefix"
@@ -178,7 +193,7 @@ def run_frozen_prefix(owner: nn.Module, modules: list[nn.Module], x: torch.Tenso
     """Run the frozen modules `modules` (in order) as ONE inference graph; None when that does not apply.
 
     Applies on CPU, outside autocast, for inputs that need no gradient, when every module is frozen with the
-    TorchScript option on: one graph for the whole prefix avoids a layout conversion and a Python call per
+    (opt-in) TorchScript option on: one graph for the whole prefix avoids a layout conversion and a Python call per
     module. Graphs are cached on `owner`, one per input size (the last few), and rebuilt when the modules, their
     weights or their `FastOptions` change.
     """
@@ -203,7 +218,8 @@ def run_frozen_prefix(owner: nn.Module, modules: list[nn.Module], x: torch.Tenso
 
 
 def _build_prefix_graph(modules: list[nn.Module], x: torch.Tensor, options: FastOptions):
-    graph = build_inference_copy(nn.Sequential(*modules), x, options, use_jit=True)
+    seq = nn.Sequential(*modules)
+    graph = _timed_build(seq, x, lambda: build_inference_copy(seq, x, options, use_jit=True))
     return graph if is_inference_graph(graph) else None  # else: per-module copies
 
 

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..fastpath import FAST_ATTR, FROZEN_ATTRS, FROZEN_FLAG, FastOptions, FastSlot, FrozenForward, has_hooks
-from ..registry import ArchSpec, StageUnit, UnsupportedArchitectureError, get_arch, resolve_arch, stage_units
+from ..registry import ArchSpec, StageUnit, get_arch, stage_units
 from .module import install_frozen
 
 __all__ = ["FreezeState", "resolve_trainable_stages", "apply_freeze", "freeze_model", "is_frozen", "units_for"]
@@ -110,17 +110,6 @@ def _thaw_module(module: nn.Module, training: bool) -> None:
     nn.Module.train(module, training)
 
 
-def _default_fast_options(model: nn.Module) -> FastOptions:
-    """`FastOptions()`; without TorchScript graphs for a model running its own forward (ViTs, timm): there the
-    frozen modules a graph would take are single norms / blocks, whose traced graphs round differently once the
-    profiling executor has optimised them, so a run resumed from a checkpoint would not be bit-identical."""
-    try:
-        native = resolve_arch(model).forward == "native"
-    except (UnsupportedArchitectureError, AttributeError):
-        native = False
-    return FastOptions(jit=False) if native else FastOptions()
-
-
 def is_frozen(module: nn.Module) -> bool:
     return bool(getattr(module, FROZEN_FLAG, False))
 
@@ -134,11 +123,11 @@ def apply_freeze(
 ) -> FreezeState:
     """Freeze the bottom units of `model`, leaving the top `trainable_stages` units trainable.
 
-    `fast` sets how frozen units execute (default: what the model used last, else `FastOptions()` — folded
-    conv+BN, channels_last); ``FastOptions(enabled=False)`` runs them as they are, under ``no_grad``.
+    `fast` sets how frozen units execute (default: what the model used last, else `FastOptions()` — eager
+    copies, BN folded, convs fused with their activations, channels_last); ``FastOptions(enabled=False)`` runs them as they are, under ``no_grad``.
     """
     if fast is None:
-        fast = getattr(model, "hf_transfer_fast_options", None) or _default_fast_options(model)
+        fast = getattr(model, "hf_transfer_fast_options", None) or FastOptions()
     object.__setattr__(model, "hf_transfer_fast_options", fast)
     names = [u.name for u in units]
     n = resolve_trainable_stages(trainable_stages, len(units), names)

@@ -7,7 +7,6 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Literal
 
 from ..data import DataArguments, TransformArguments
