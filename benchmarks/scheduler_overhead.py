@@ -84,7 +84,8 @@ def main(argv=None):
     model = TransferModel.from_pretrained(ckpt, num_labels=10)
     cb = FreezeScheduler(unfreeze_at_step=0, num_stages=2, lr_factor=0.1)
     cb.prepare_model(model)
-    cb.attach(global_step=0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    cb.attach(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0), global_step=0)
     state = T.TrainerState()
     state.global_step = 10
     state.log_history = [{"learning_rate": 1e-3, "loss": 1.0, "step": 10}]
