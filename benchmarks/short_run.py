@@ -54,7 +54,8 @@ def child(kind: str, fast: str, ckpt: str, image_size: int, batch: int) -> float
     model = TransferModel.from_pretrained(ckpt, num_labels=10, trainable_stages=0)
     if fast == "off":
         model.freeze(0, fast=FastOptions(enabled=False))
-    callbacks = [FreezeScheduler(unfreeze_at_step=UNFREEZE_AT, num_stages=2, lr_factor=0.1)] if kind == "gradual" else []
+    callbacks = ([FreezeScheduler(unfreeze_at_step=UNFREEZE_AT, num_stages=2, lr_factor=0.1)]
+                 if kind == "gradual" else [])
     with tempfile.TemporaryDirectory() as out:
         args = T.TrainingArguments(output_dir=out, num_train_epochs=1, per_device_train_batch_size=batch,
                                    per_device_eval_batch_size=EVAL_BATCH, eval_strategy="steps",

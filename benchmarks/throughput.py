@@ -136,7 +136,8 @@ def main(argv=None):
                     help="also time our top-2 step with this FastOptions switch off, in the same round-robin "
                          "(repeatable)")
     ap.add_argument("--no-jit", action="store_true",
-                    help="make torch.jit's trace/script/freeze/optimize_for_inference raise (defaults must not use them)")
+                    help="make torch.jit's trace/script/freeze/optimize_for_inference raise (the defaults must not "
+                         "use them)")
     args = parse_args(ap, argv)
     if args.no_jit:
         forbid_torchscript()

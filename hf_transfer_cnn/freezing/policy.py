@@ -124,7 +124,8 @@ def apply_freeze(
     """Freeze the bottom units of `model`, leaving the top `trainable_stages` units trainable.
 
     `fast` sets how frozen units execute (default: what the model used last, else `FastOptions()` — eager
-    copies, BN folded, convs fused with their activations, channels_last); ``FastOptions(enabled=False)`` runs them as they are, under ``no_grad``.
+    copies, BN folded, convs fused with their activations, channels_last); ``FastOptions(enabled=False)`` runs them as
+    they are, under ``no_grad``.
     """
     if fast is None:
         fast = getattr(model, "hf_transfer_fast_options", None) or FastOptions()

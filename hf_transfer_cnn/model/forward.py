@@ -1,6 +1,6 @@
-"""The forward pass: stage units (a frozen prefix as one inference graph), neck, pooling, head — or, for
-architectures registered with ``forward="native"``, the model class's own forward (its frozen stages run frozen all
-the same: freezing acts on the modules).
+"""The forward pass: stage units (a frozen prefix as one graph with `FastOptions(jit=True)`), neck, pooling, head —
+or, for architectures registered with ``forward="native"``, the model class's own forward (its frozen stages run
+frozen all the same: freezing acts on the modules).
 
 `ForwardMixin` is one of `TransferModel`'s bases; it uses what `TransferModel` defines (``arch``, ``stage_units``,
 ``head_spec``, ``num_input_channels``, ``freeze_state``, ``_native_class``).
@@ -61,7 +61,7 @@ class ForwardMixin:
         """Run stage units ``start..end`` (and the neck); returns the final feature map.
 
         `start` > 0 feeds `pixel_values` as the output of unit ``start - 1``. Without hidden states, the frozen
-        prefix runs as one inference graph where possible (`freezing.run_frozen_prefix`).
+        prefix runs as one inference graph where opted in (`FastOptions(jit=True)`, `fastpath.run_frozen_prefix`).
         """
         if self.runs_native_forward:
             raise self._no_chain("forward_features")
