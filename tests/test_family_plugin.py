@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 
 import pytest
@@ -161,9 +163,28 @@ def test_a_transformers_model_type_is_not_shadowed(monkeypatch, caplog):
 
     with caplog.at_level(logging.WARNING, logger=registry_family.__name__):
         register_family(Family(ArchSpec("vit", stem=("stem",), stages="stages", first_conv="stem.0"),
-                               config_class=FakeViTConfig, model_class=FakeViTForImageClassification))
+                               config_class=FakeViTConfig, model_class=FakeViTForImageClassification), overwrite=True)
     assert "transformers defines a model type 'vit'" in caplog.text
     assert T.AutoConfig.for_model("vit").__class__ is T.ViTConfig
     assert T.AutoModelForImageClassification.from_config(
         T.ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, image_size=8,
                     patch_size=4)).__class__ is T.ViTForImageClassification
+
+
+def test_another_family_for_a_registered_model_type_is_refused(monkeypatch):
+    """A plugin cannot replace a built-in family (or another plugin's) by accident; the same family registered again
+    (its module imported twice) refreshes it."""
+    for module, name in ((registry_arch, "_REGISTRY"), (registry_family, "_FAMILIES"), (registry_family, "_CLASSES"),
+                         (registry_family, "_CHECKPOINTS")):  # leave the session's registry as it was
+        monkeypatch.setattr(module, name, dict(getattr(module, name)))
+    builtin = registry_family._FAMILIES["resnet"]
+    other = Family(ArchSpec("resnet", stem=("stem",), stages="stages", first_conv="stem.0"))
+    with pytest.raises(ValueError, match=r"model_type 'resnet' is already registered \(a stage map with "
+                                         r"stem=\('resnet.embedder',\).*overwrite=True"):
+        register_family(other)
+    assert registry_family._FAMILIES["resnet"] is builtin and registry_arch.get_arch("resnet") is builtin.arch
+    again = Family(ArchSpec(**{f.name: getattr(builtin.arch, f.name) for f in dataclasses.fields(builtin.arch)}),
+                   checkpoints=builtin.checkpoints)  # equal facts, as a second import of the module makes them
+    assert register_family(again) is again and registry_arch.get_arch("resnet") is again.arch
+    register_family(other, overwrite=True)
+    assert registry_arch.get_arch("resnet") is other.arch

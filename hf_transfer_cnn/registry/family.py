@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any
 
 from .arch import ArchSpec, register_arch
@@ -97,9 +97,18 @@ _CLASSES: dict[str, type] = {}
 _CHECKPOINTS: dict[str, CheckpointSpec] = {}
 
 
-def register_family(family: Family, *, overwrite: bool = True) -> Family:
-    """Register a family's stage map, classes (with transformers' Auto classes) and checkpoints; idempotent."""
-    register_arch(family.arch, overwrite=overwrite)
+def register_family(family: Family, *, overwrite: bool = False) -> Family:
+    """Register a family's stage map, classes (with transformers' Auto classes) and checkpoints.
+
+    Registering the same family again (a module imported twice: equal facts, classes of the same names) refreshes
+    it. Another family for a model type already registered is refused unless `overwrite` — a plugin never replaces
+    a built-in family (or another plugin's) by accident.
+    """
+    current = _FAMILIES.get(family.model_type)
+    if current is not None and not overwrite and _fingerprint(current) != _fingerprint(family):
+        raise ValueError(f"model_type {family.model_type!r} is already registered ({_describe(current)}); "
+                         f"register_family(..., overwrite=True) replaces it with {_describe(family)}.")
+    register_arch(family.arch, overwrite=overwrite or current is not None)
     _FAMILIES[family.model_type] = family
     for cls in (family.config_class, family.model_class, family.base_model_class, *family.extra_classes):
         if cls is not None:
@@ -109,6 +118,26 @@ def register_family(family: Family, *, overwrite: bool = True) -> Family:
     if family.config_class is not None and family.model_class is not None:
         _register_auto_classes(family)
     return family
+
+
+def _qualified(value: Any) -> Any:
+    """A class or function by its module and qualified name (a re-imported module's are new objects); else itself."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    return value
+
+
+def _fingerprint(family: Family) -> tuple:
+    """What tells two registrations of a model type apart: the stage map's facts and the classes' names."""
+    arch = tuple((f.name, _qualified(getattr(family.arch, f.name))) for f in fields(family.arch))
+    return arch, tuple(_qualified(c) for c in (family.config_class, family.model_class, family.base_model_class))
+
+
+def _describe(family: Family) -> str:
+    cls = family.model_class or family.config_class
+    if cls is not None:
+        return f"model class {_qualified(cls)}"
+    return f"a stage map with stem={family.arch.stem!r}, stages={family.arch.stages!r}"
 
 
 def _register_auto_classes(family: Family) -> None:
