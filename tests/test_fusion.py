@@ -173,3 +173,23 @@ def test_slow_builds_log_their_duration(tiny_checkpoints, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="hf_transfer_cnn.fastpath"):
         model(torch.randn(2, 3, 40, 40))
     assert not [r for r in caplog.records if r.getMessage().startswith("Fast path: built")]
+
+
+def test_copies_rebuilt_when_the_weights_move_to_new_storage(tiny_checkpoints):
+    """What a device move does to the weights (new tensors, the same values), on CPU: the copies are rebuilt from the
+    new tensors, never kept pointing at the old ones (a CPU stand-in: no second device here)."""
+    path = tiny_checkpoints["resnet"]
+    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
+    plain = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
+    plain.load_state_dict(model.state_dict())
+    plain.freeze(1, fast=FastOptions(enabled=False))
+    x = torch.randn(2, 3, 40, 40)
+    with torch.no_grad():
+        model(x)
+    slots = [m.__dict__[FAST_ATTR] for m in model.modules() if FAST_ATTR in m.__dict__]
+    before = [s.copy for s in slots]
+    assert all(c is not None for c in before)
+    model._apply(lambda t: t.clone())  # Module.to(device) swaps every parameter and buffer for a new tensor
+    with torch.no_grad():
+        assert_close(model(x).logits, plain(x).logits)
+    assert all(s.copy is not None and s.copy is not old for s, old in zip(slots, before))  # rebuilt, not reused
