@@ -96,6 +96,19 @@ def test_none_or_null_unsets_an_option():
     assert data.dataset_name is None and data.label_column_name == "labels"  # only what was named is unset
 
 
+def test_an_option_given_twice_takes_its_last_value():
+    """As argparse does for any option: ``--x 5 --x none`` is None (the 5 used to win), ``--x none --x 5`` is 5."""
+    base = ["--config", GRADUAL, "--train_dir", "d"]
+    for args, expected in ((["--save_total_limit", "3", "--save_total_limit", "none"], None),
+                           (["--save_total_limit=3", "--save_total_limit", "null"], None),
+                           (["--save_total_limit", "none", "--save_total_limit", "3"], 3),
+                           (["--save_total_limit", "2", "--save_total_limit=4"], 4)):
+        assert parse_recipe_args(base + args)[3].save_total_limit == expected, args
+    model, _, _, _ = parse_recipe_args(["--config", QUICKSTART, "--unfreeze_at_step", "5", "--unfreeze_at_step",
+                                        "none", "--schedule", "0:0,5:2"])
+    assert (model.unfreeze_at_step, model.schedule) == (None, "0:0,5:2")
+
+
 def test_help_documents_replacing_and_unsetting(capsys):
     with pytest.raises(SystemExit):
         parse_recipe_args(["--help"])

@@ -159,22 +159,32 @@ def _cli_values(args: list[str]) -> dict[str, str | None]:
 
 
 def _take_unset_options(parser, args: list[str]) -> tuple[list[str], set[str]]:
-    """`args` without ``--option none``/``null`` (options whose default is None), and the names of those."""
+    """`args` without ``--option none``/``null`` (options whose default is None), and the names of those. An option
+    given more than once takes its last value, as argparse does: ``--x 5 --x none`` unsets x; ``--x none --x 5``
+    is 5."""
     optional = {f.name for dc in parser.dataclass_types for f in fields(dc) if f.default is None}
-    kept, unset, i = [], set(), 0
+    items: list[tuple[str, list[str]]] = []  # (option name or "", its tokens), in order
+    unset, i = set(), 0
     while i < len(args):
         arg = args[i]
         name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
         name = name.replace("-", "_")
         if not eq and i + 1 < len(args):
             value = args[i + 1]
-        if name in optional and value.strip().lower() in UNSET_VALUES:
-            unset.add(name)
-            i += 1 if eq else 2
+        if name in optional:
+            takes_next = not eq and i + 1 < len(args) and not args[i + 1].startswith("--")
+            items = [item for item in items if item[0] != name]  # an earlier value of this option is overridden
+            if value.strip().lower() in UNSET_VALUES:
+                unset.add(name)
+                i += 1 if eq else 2
+                continue
+            unset.discard(name)
+            items.append((name, args[i:i + 1 + takes_next]))
+            i += 1 + takes_next
             continue
-        kept.append(arg)
+        items.append(("", [arg]))
         i += 1
-    return kept, unset
+    return [token for _, tokens in items for token in tokens], unset
 
 
 def _config_defaults(parser, config: str, cli: dict[str, str | None]) -> dict:
