@@ -110,12 +110,17 @@ def test_a_failing_fusion_falls_back_with_one_logged_reason(monkeypatch, caplog,
         assert_close(fast(x), module(x))
 
 
-def test_copies_rebuilt_for_a_new_dtype_and_under_autocast(tiny_checkpoints):
-    path = tiny_checkpoints["mobilenet_v2"]
+def _fast_and_plain(path: str) -> tuple[TransferModel, TransferModel]:
+    """The same weights, top stage trainable: with the default fast path, and with it off."""
     fast = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
     plain = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
     plain.load_state_dict(fast.state_dict())
     plain.freeze(1, fast=FastOptions(enabled=False))
+    return fast, plain
+
+
+def test_copies_rebuilt_for_a_new_dtype_and_under_autocast(tiny_checkpoints):
+    fast, plain = _fast_and_plain(tiny_checkpoints["mobilenet_v2"])
     x = torch.randn(3, 3, 40, 40)
     with torch.no_grad():
         assert_close(fast(x).logits, plain(x).logits)
@@ -178,11 +183,7 @@ def test_slow_builds_log_their_duration(tiny_checkpoints, monkeypatch, caplog):
 def test_copies_rebuilt_when_the_weights_move_to_new_storage(tiny_checkpoints):
     """What a device move does to the weights (new tensors, the same values), on CPU: the copies are rebuilt from the
     new tensors, never kept pointing at the old ones (a CPU stand-in: no second device here)."""
-    path = tiny_checkpoints["resnet"]
-    model = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
-    plain = TransferModel.from_pretrained(path, num_labels=3, trainable_stages=1).eval()
-    plain.load_state_dict(model.state_dict())
-    plain.freeze(1, fast=FastOptions(enabled=False))
+    model, plain = _fast_and_plain(tiny_checkpoints["resnet"])
     x = torch.randn(2, 3, 40, 40)
     with torch.no_grad():
         model(x)
