@@ -188,3 +188,19 @@ def test_another_family_for_a_registered_model_type_is_refused(monkeypatch):
     assert register_family(again) is again and registry_arch.get_arch("resnet") is again.arch
     register_family(other, overwrite=True)
     assert registry_arch.get_arch("resnet") is other.arch
+
+
+def test_a_family_for_a_stage_map_registered_alone(monkeypatch):
+    """register_arch (what the unsupported-architecture error suggests) and then register_family with the same
+    stage map is fine; a different stage map is refused unless overwrite=True."""
+    for module, name in ((registry_arch, "_REGISTRY"), (registry_family, "_FAMILIES"), (registry_family, "_CLASSES"),
+                         (registry_family, "_CHECKPOINTS")):
+        monkeypatch.setattr(module, name, dict(getattr(module, name)))
+    spec = ArchSpec("my_cnn", stem=("stem",), stages="stages", first_conv="stem.0")
+    registry_arch.register_arch(spec)
+    assert register_family(Family(ArchSpec("my_cnn", stem=("stem",), stages="stages", first_conv="stem.0")))
+    with pytest.raises(ValueError, match="'my_cnn' is already registered"):
+        register_family(Family(ArchSpec("my_cnn", stem=("stem", "pool"), stages="stages", first_conv="stem.0")))
+    registry_arch.register_arch(ArchSpec("other_cnn", stem=("stem",), stages="stages", first_conv="stem.0"))
+    with pytest.raises(ValueError, match="'other_cnn' is already registered"):
+        register_family(Family(ArchSpec("other_cnn", stem=("body",), stages="stages", first_conv="body.0")))

@@ -107,6 +107,11 @@ def test_an_option_given_twice_takes_its_last_value():
     model, _, _, _ = parse_recipe_args(["--config", QUICKSTART, "--unfreeze_at_step", "5", "--unfreeze_at_step",
                                         "none", "--schedule", "0:0,5:2"])
     assert (model.unfreeze_at_step, model.schedule) == (None, "0:0,5:2")
+    _, _, transform, _ = parse_recipe_args(base + ["--image_mean", "0.5", "0.5", "0.5", "--image_mean", "none"])
+    assert transform.image_mean is None  # a list option: all of its earlier values go
+    _, _, transform, _ = parse_recipe_args(base + ["--image_mean", "0.5", "0.5", "0.5", "--image_mean", "0.4", "0.3",
+                                                   "0.2"])
+    assert transform.image_mean == [0.4, 0.3, 0.2]
 
 
 def test_help_documents_replacing_and_unsetting(capsys):

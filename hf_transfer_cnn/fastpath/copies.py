@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -48,16 +49,16 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
     with torch.no_grad():
         plain = plain_copy(module)  # a copy without frozen-module hooks: the plain computation
         fuse = options.fuse and not use_jit and not options.compile  # jit and compile fuse in their own way
-        clone = _eager_copy(module, probe, plain(probe), options.fold_bn, fuse)
-        if options.channels_last and x.dim() == 4:
-            clone = clone.to(memory_format=torch.channels_last)
+        layout = options.channels_last and x.dim() == 4
+        clone = _eager_copy(module, probe, plain(probe.clone()), _Steps(layout, options.fold_bn, fuse))
+        if layout:
             probe = probe.contiguous(memory_format=torch.channels_last)
             check = check.contiguous(memory_format=torch.channels_last)
         if options.compile:
-            return _compiled_copy(clone, check, plain(check))
+            return _compiled_copy(clone, check, plain(check.clone()))
         if use_jit:
             # checked at a batch size other than the traced one: the graph must not have baked it in
-            graph = freeze_graph(clone, probe, check, plain(check), fuse=options.fuse)
+            graph = freeze_graph(clone, probe, check, plain(check.clone()), fuse=options.fuse)
             if isinstance(graph, OneDNNGraph):
                 graph.reference = Unhooked(module)  # checks each new batch size; the fallback if it ever fails
             if graph is not None:
@@ -65,23 +66,38 @@ def build_inference_copy(module: nn.Module, x: torch.Tensor, options: FastOption
     return clone
 
 
-def _eager_copy(module: nn.Module, probe: torch.Tensor, reference, fold: bool, fuse: bool) -> nn.Module:
-    """`plain_copy(module)` with BN folded (`fold`) and convs fused with their activations (`fuse`), each kept only
-    if the output on `probe` still matches `reference`."""
+@dataclass(frozen=True)
+class _Steps:
+    """The eager copy's optimisations still in play."""
+
+    channels_last: bool
+    fold: bool
+    fuse: bool
+
+
+def _eager_copy(module: nn.Module, probe: torch.Tensor, reference, steps: _Steps) -> nn.Module:
+    """`plain_copy(module)` in channels_last, with BN folded and convs fused with their activations, as `steps` allow;
+    each step is kept only if the output on `probe` still matches `reference` (else the copy is rebuilt without it)."""
     clone = plain_copy(module)
-    if fold and fold_batchnorms(clone, probe) and not _reproduces(clone, probe, reference, "Folding BatchNorm"):
-        return _eager_copy(module, probe, reference, False, fuse)
-    if fuse and fuse_conv_activations(clone, probe) and not _reproduces(
+    if steps.channels_last:
+        clone = clone.to(memory_format=torch.channels_last)
+        probe = probe.contiguous(memory_format=torch.channels_last)
+        if not _reproduces(clone, probe, reference, "Running in channels_last"):
+            return _eager_copy(module, probe, reference, replace(steps, channels_last=False))
+    if steps.fold and fold_batchnorms(clone, probe.clone()) and not _reproduces(
+            clone, probe, reference, "Folding BatchNorm"):
+        return _eager_copy(module, probe, reference, replace(steps, fold=False))
+    if steps.fuse and fuse_conv_activations(clone, probe.clone()) and not _reproduces(
             clone, probe, reference, "Fusing convs with their activations"):
-        return _eager_copy(module, probe, reference, fold, False)
-    return clone
+        return _eager_copy(module, probe, reference, replace(steps, fuse=False))
+    return clone.to(memory_format=torch.channels_last) if steps.channels_last else clone
 
 
 def _reproduces(clone: nn.Module, probe: torch.Tensor, reference, change: str) -> bool:
     """Whether `clone` (after `change`) still computes `reference` on `probe`; if not, log why (the caller falls
     back to the copy without that change)."""
     try:
-        if outputs_close(clone(probe), reference):
+        if outputs_close(clone(probe.clone()), reference):
             return True
         why = "changed its output"
     except Exception as err:  # a kernel this build or this module does not support

@@ -2,8 +2,9 @@
 with the activation module that consumes it into one oneDNN call (CPU, float32).
 
 Pairs are found by running the copy once with hooks (a module consumes another's output when it receives that very
-tensor object), so no model's code is named here. A conv, BatchNorm or activation module called more than once in a
-forward is left alone (it is shared). The caller verifies the result against the plain module and falls back.
+tensor object, unchanged) while counting every torch function each output is passed to, so no model's code is named
+here. A conv, BatchNorm or activation module called more than once in a forward is left alone (it is shared), and so
+is an output used anywhere else. The caller still verifies the result against the plain module and falls back.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 __all__ = ["fold_conv_bn", "fold_batchnorms", "fuse_conv_activations", "FusedConvAct", "pointwise_conv_available",
            "producer_consumer_pairs"]
@@ -19,12 +22,14 @@ __all__ = ["fold_conv_bn", "fold_batchnorms", "fuse_conv_activations", "FusedCon
 
 def producer_consumer_pairs(module: nn.Module, x: torch.Tensor, producer: tuple[type, ...],
                             consumer) -> list[tuple[str, str]]:
-    """(producer name, consumer name) pairs where a `consumer` module (a type tuple or a predicate) receives the
-    output of a `producer` module as its first input, both called exactly once in ``module(x)``."""
+    """(producer name, consumer name) pairs where a `consumer` module (a type tuple or a predicate) is the only user
+    of a `producer` module's output, unchanged since (no in-place op in between), both called exactly once in
+    ``module(x)``. Uses are counted over every torch function the output is passed to (a residual add, a concat,
+    the consumer's own op), so a conv output that also feeds anything else never pairs."""
     is_consumer = consumer if callable(consumer) and not isinstance(consumer, tuple) else (
         lambda m: isinstance(m, consumer))
     names = {m: n for n, m in module.named_modules()}
-    produced: dict[int, tuple[torch.Tensor, nn.Module]] = {}  # the tensors are kept: their ids stay unique
+    produced: dict[int, _Output] = {}  # the tensors are kept: their ids stay unique
     calls: dict[nn.Module, int] = {}
     pairs = []
 
@@ -33,12 +38,12 @@ def producer_consumer_pairs(module: nn.Module, x: torch.Tensor, producer: tuple[
 
     def record(mod, _inputs, out):
         if isinstance(out, torch.Tensor):
-            produced[id(out)] = (out, mod)
+            produced[id(out)] = _Output(out, mod, out._version)
 
     def consume(mod, inputs):
         hit = produced.get(id(inputs[0])) if inputs and isinstance(inputs[0], torch.Tensor) else None
-        if hit is not None and hit[0] is inputs[0]:
-            pairs.append((names[hit[1]], names[mod]))
+        if hit is not None and hit.tensor is inputs[0] and inputs[0]._version == hit.version:
+            pairs.append((hit, mod))
 
     handles = []
     for m in module.modules():
@@ -47,13 +52,43 @@ def producer_consumer_pairs(module: nn.Module, x: torch.Tensor, producer: tuple[
         elif is_consumer(m):
             handles += [m.register_forward_pre_hook(count), m.register_forward_pre_hook(consume)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _CountUses(produced):
             module(x)
     finally:
         for h in handles:
             h.remove()
-    by_name = {n: m for m, n in names.items()}
-    return [(p, c) for p, c in dict.fromkeys(pairs) if calls[by_name[p]] == 1 and calls[by_name[c]] == 1]
+    found = [(names[out.module], names[mod]) for out, mod in pairs
+             if out.uses == 1 and calls[out.module] == 1 and calls[mod] == 1]
+    return list(dict.fromkeys(found))
+
+
+class _Output:
+    """A producer module's output during the probe run: the tensor, who made it, its version then, its uses."""
+
+    __slots__ = ("tensor", "module", "version", "uses")
+
+    def __init__(self, tensor: torch.Tensor, module: nn.Module, version: int):
+        self.tensor, self.module, self.version, self.uses = tensor, module, version, 0
+
+
+_METADATA = {"__get__", "size", "dim", "numel", "stride", "is_contiguous", "element_size", "data_ptr"}
+
+
+class _CountUses(TorchFunctionMode):
+    """Counts, for each recorded output, the torch functions it is passed to (metadata queries aside)."""
+
+    def __init__(self, produced: dict[int, _Output]):
+        super().__init__()
+        self.produced = produced
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.produced and getattr(func, "__name__", "") not in _METADATA:
+            for leaf in tree_leaves((args, kwargs)):
+                out = self.produced.get(id(leaf)) if isinstance(leaf, torch.Tensor) else None
+                if out is not None and out.tensor is leaf:
+                    out.uses += 1
+        return func(*args, **kwargs)
 
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -116,7 +151,8 @@ def pointwise_conv_available() -> bool:
 
 class FusedConvAct(nn.Conv2d):
     """A 2-d conv that also applies the activation that consumed its output (`act`), in one oneDNN call for float32
-    CPU inputs without autograd; anything else (another device or dtype, autocast, gradients) runs the conv, then
+    CPU batches without autograd; anything else (another device or dtype, an unbatched input, autocast, gradients)
+    runs the conv, then
     `act`. Made from the conv itself (`FusedConvAct.fuse`), so code reading its stride or padding still works."""
 
     act: nn.Module
@@ -131,7 +167,7 @@ class FusedConvAct(nn.Conv2d):
         return conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or torch.is_autocast_enabled("cpu")
                 or (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))):
             return self.act(super().forward(x))
         return torch.ops.mkldnn._convolution_pointwise(
@@ -159,8 +195,8 @@ def _fusable_conv(conv: nn.Module) -> bool:
 
 
 def fuse_conv_activations(clone: nn.Module, probe: torch.Tensor) -> int:
-    """Fuse every conv of `clone` whose output only an activation module consumes with that activation (the
-    activation becomes an Identity); returns how many. Only for float32 CPU probes, where oneDNN runs it."""
+    """Fuse every conv of `clone` whose output only an activation module uses with that activation (the activation
+    becomes an Identity); returns how many. Only for float32 CPU probes, where oneDNN runs it."""
     if probe.device.type != "cpu" or probe.dtype != torch.float32 or not pointwise_conv_available():
         return 0
     fused = 0

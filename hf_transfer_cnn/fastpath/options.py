@@ -20,11 +20,11 @@ class FastOptions:
     enabled: False runs frozen modules as they are (under no_grad, BatchNorm in eval): the off switch.
     fold_bn: run a copy whose eval-mode BatchNorms are folded into the preceding convs.
     channels_last: run that copy in channels_last memory format.
-    fuse: fuse each conv with the activation module that consumes it into one oneDNN call (CPU, float32; the
-        kernel Inductor's CPU freezing emits); with `jit`, let oneDNN Graph fuse the TorchScript graph instead.
     jit: opt-in, deprecated by PyTorch: on CPU (outside autocast), freeze the copy into a TorchScript inference
         graph, one per input size (C, H, W), each built on first use (~0.1-1 s); the frozen prefix then runs as one
         graph. A module that does not trace cleanly runs the eager copy.
+    fuse: fuse each conv with the activation module that consumes it into one oneDNN call (CPU, float32; the
+        kernel Inductor's CPU freezing emits); with `jit`, let oneDNN Graph fuse the TorchScript graph instead.
     compile: opt-in: `torch.compile` the eager copy, compiled and verified when built (seconds on CPU; rebuilt on
         every freeze change). Pays off on long runs only.
     """
@@ -32,6 +32,6 @@ class FastOptions:
     enabled: bool = True
     fold_bn: bool = True
     channels_last: bool = True
-    fuse: bool = True
     jit: bool = False
+    fuse: bool = True
     compile: bool = False

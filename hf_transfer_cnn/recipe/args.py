@@ -160,8 +160,8 @@ def _cli_values(args: list[str]) -> dict[str, str | None]:
 
 def _take_unset_options(parser, args: list[str]) -> tuple[list[str], set[str]]:
     """`args` without ``--option none``/``null`` (options whose default is None), and the names of those. An option
-    given more than once takes its last value, as argparse does: ``--x 5 --x none`` unsets x; ``--x none --x 5``
-    is 5."""
+    given more than once takes its last value(s), as argparse does: ``--x 5 --x none`` unsets x; ``--x none --x 5``
+    is 5; ``--image_mean 0.5 0.5 0.5 --image_mean none`` unsets it."""
     optional = {f.name for dc in parser.dataclass_types for f in fields(dc) if f.default is None}
     items: list[tuple[str, list[str]]] = []  # (option name or "", its tokens), in order
     unset, i = set(), 0
@@ -169,21 +169,21 @@ def _take_unset_options(parser, args: list[str]) -> tuple[list[str], set[str]]:
         arg = args[i]
         name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
         name = name.replace("-", "_")
-        if not eq and i + 1 < len(args):
-            value = args[i + 1]
-        if name in optional:
-            takes_next = not eq and i + 1 < len(args) and not args[i + 1].startswith("--")
-            items = [item for item in items if item[0] != name]  # an earlier value of this option is overridden
-            if value.strip().lower() in UNSET_VALUES:
-                unset.add(name)
-                i += 1 if eq else 2
-                continue
-            unset.discard(name)
-            items.append((name, args[i:i + 1 + takes_next]))
-            i += 1 + takes_next
+        if name not in optional:
+            items.append(("", [arg]))
+            i += 1
             continue
-        items.append(("", [arg]))
-        i += 1
+        end = i + 1
+        while not eq and end < len(args) and not args[end].startswith("--"):  # its value(s), lists included
+            end += 1
+        values = [value] if eq else args[i + 1:end]
+        items = [item for item in items if item[0] != name]  # an earlier value of this option is overridden
+        if len(values) == 1 and values[0].strip().lower() in UNSET_VALUES:
+            unset.add(name)
+        else:
+            unset.discard(name)
+            items.append((name, args[i:end]))
+        i = end
     return [token for _, tokens in items for token in tokens], unset
 
 

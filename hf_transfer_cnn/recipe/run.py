@@ -7,6 +7,7 @@ Arguments are dataclasses parsed by `HfArgumentParser` (`ModelArguments`, `DataA
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from .publish import build_report
 from .publish import push_outputs
 from .results import write_results
 from .training import build_trainer, evaluate_before, train_and_evaluate
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ModelArguments", "parse_recipe_args", "run_finetune", "STRATEGIES", "close_process_group"]
 
@@ -85,4 +88,7 @@ def close_process_group() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except Exception as err:  # the run's work is done and saved: closing must not fail it
+            logger.warning("Could not close the process group (%s: %s).", type(err).__name__, err)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any
 
-from .arch import ArchSpec, register_arch
+from .arch import ArchSpec, get_arch, register_arch, supported_model_types
 
 __all__ = ["Family", "CheckpointSpec", "register_family", "get_family", "model_class", "checkpoint_names",
            "get_checkpoint_spec", "UnknownArchError"]
@@ -108,7 +108,9 @@ def register_family(family: Family, *, overwrite: bool = False) -> Family:
     if current is not None and not overwrite and _fingerprint(current) != _fingerprint(family):
         raise ValueError(f"model_type {family.model_type!r} is already registered ({_describe(current)}); "
                          f"register_family(..., overwrite=True) replaces it with {_describe(family)}.")
-    register_arch(family.arch, overwrite=overwrite or current is not None)
+    arch_only = current is None and family.model_type in supported_model_types()  # by register_arch alone
+    same_arch = arch_only and _arch_fingerprint(get_arch(family.model_type)) == _arch_fingerprint(family.arch)
+    register_arch(family.arch, overwrite=overwrite or current is not None or same_arch)
     _FAMILIES[family.model_type] = family
     for cls in (family.config_class, family.model_class, family.base_model_class, *family.extra_classes):
         if cls is not None:
@@ -121,16 +123,23 @@ def register_family(family: Family, *, overwrite: bool = False) -> Family:
 
 
 def _qualified(value: Any) -> Any:
-    """A class or function by its module and qualified name (a re-imported module's are new objects); else itself."""
+    """A class or function by its qualified name (a module imported twice, or as a trust_remote_code copy under
+    another module name, makes new objects of the same names); anything else as it is."""
     if callable(value) and hasattr(value, "__qualname__"):
-        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+        return value.__qualname__
     return value
 
 
+def _arch_fingerprint(arch: ArchSpec) -> tuple:
+    return tuple((f.name, _qualified(getattr(arch, f.name))) for f in fields(arch))
+
+
 def _fingerprint(family: Family) -> tuple:
-    """What tells two registrations of a model type apart: the stage map's facts and the classes' names."""
-    arch = tuple((f.name, _qualified(getattr(family.arch, f.name))) for f in fields(family.arch))
-    return arch, tuple(_qualified(c) for c in (family.config_class, family.model_class, family.base_model_class))
+    """What tells two registrations of a model type apart: the stage map's facts, the classes' and the checkpoints'
+    names."""
+    classes = (family.config_class, family.model_class, family.base_model_class, *family.extra_classes)
+    return (_arch_fingerprint(family.arch), tuple(_qualified(c) for c in classes),
+            tuple(spec.name for spec in family.checkpoints))
 
 
 def _describe(family: Family) -> str:
