@@ -18,7 +18,7 @@ import json
 import logging
 import sys
 
-from hf_transfer_cnn.recipe import TrainingDiverged, close_process_group, parse_recipe_args, run_finetune
+from hf_transfer_cnn.recipe import TrainingDiverged, end_process, parse_recipe_args, run_finetune
 from hf_transfer_cnn.hub import HubPushError, redact_logs
 
 
@@ -30,11 +30,7 @@ def main(argv=None) -> int:
         results = run_finetune(model_args, data_args, transform_args, training_args)
     except (HubPushError, TrainingDiverged) as err:  # a failed upload (training is saved) or a diverged run (its
         print(f"error: {err}", file=sys.stderr)  # good checkpoints are kept): the message says what to do
-        close_process_group()
         return 1
-    # each DDP process closes its group before the interpreter tears down (not after an unexpected error: peers may
-    # still wait in a collective, and torchrun ends them once this process exits)
-    close_process_group()
     if training_args.process_index != 0:  # under DDP every process returns; one summary is enough
         return 0
     summary = {k: results[k] for k in ("before_accuracy", "eval_accuracy", "eval_top5_accuracy", "eval_macro_f1",
@@ -44,4 +40,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())  # a DDP process closes its group and skips teardown (an unexpected error propagates instead)

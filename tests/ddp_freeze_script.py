@@ -7,6 +7,7 @@ import torch
 import transformers as T
 
 from hf_transfer_cnn import FreezeScheduler
+from hf_transfer_cnn.recipe import end_process
 
 
 class Data(torch.utils.data.Dataset):
@@ -48,8 +49,8 @@ def main():
                 "ddp": type(trainer.model_wrapped).__name__,
                 "at_step3": snap.states[3],
                 "log": trainer.state.log_history}, os.path.join(out, f"rank{rank}.pt"))
-    torch.distributed.destroy_process_group()  # as torch asks of every script: gloo left to teardown can abort
 
 
 if __name__ == "__main__":
     main()
+    end_process(0)  # closes the process group and skips teardown, where gloo's threads can abort a finished process

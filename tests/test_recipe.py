@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -629,3 +630,15 @@ def test_close_process_group_ends_the_group_the_launch_opened():
     assert dist.is_initialized()
     close_process_group()
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_end_process_exits_with_the_code_after_the_exit_handlers(world_size, tmp_path):
+    """A launched recipe process (WORLD_SIZE > 1) skips the interpreter's teardown, but its exit handlers still run
+    (logging's flush, datasets' clean-up) and its exit code is the recipe's."""
+    script = tmp_path / "end.py"
+    script.write_text("import atexit\nfrom hf_transfer_cnn.recipe import end_process\n"
+                      "atexit.register(lambda: print('exit handler ran', flush=True))\nend_process(3)\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": world_size}
+    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 3 and res.stdout.count("exit handler ran") == 1, (res.stdout, res.stderr)

@@ -273,7 +273,9 @@ trainer.train()
 torch.save({"state": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "world_size": trainer.args.world_size, "ddp": type(trainer.model_wrapped).__name__},
            os.path.join(out, f"rank{os.environ.get('RANK', 0)}.pt"))
-torch.distributed.destroy_process_group()  # as torch asks of every script: gloo left to teardown can abort
+from hf_transfer_cnn.recipe import end_process
+
+end_process(0)  # closes the process group and skips teardown, where gloo's threads can abort a finished process
 '''
 
 

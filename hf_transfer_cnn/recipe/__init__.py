@@ -10,7 +10,7 @@ in order),
 
 from .args import STRATEGIES, ModelArguments, parse_recipe_args
 from .divergence import TrainingDiverged
-from .run import close_process_group, run_finetune
+from .run import close_process_group, end_process, run_finetune
 
-__all__ = ["ModelArguments", "STRATEGIES", "TrainingDiverged", "close_process_group", "parse_recipe_args",
-           "run_finetune"]
+__all__ = ["ModelArguments", "STRATEGIES", "TrainingDiverged", "close_process_group", "end_process",
+           "parse_recipe_args", "run_finetune"]
