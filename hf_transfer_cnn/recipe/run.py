@@ -104,7 +104,7 @@ def end_process(code: int) -> NoReturn:
     """Exit a recipe process with `code`. One of several launched processes (torchrun, accelerate launch) closes its
     process group, runs the exit handlers, flushes, and skips the interpreter's teardown: there, torch's gloo
     threads can abort a process that finished its work (SIGABRT, "terminate called without an active exception",
-    seen here about once in 50 two-process runs), turning a successful run into a failed launch."""
+    twice in about 85 two-process runs here), turning a successful run into a failed launch."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         sys.exit(code)
     close_process_group()
