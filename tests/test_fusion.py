@@ -207,3 +207,24 @@ def test_copies_rebuilt_when_the_weights_move_to_new_storage(tiny_checkpoints):
     with torch.no_grad():
         assert_close(model(x).logits, plain(x).logits)
     assert all(s.copy is not None and s.copy is not old for s, old in zip(slots, before))  # rebuilt, not reused
+
+
+def test_a_batchnorm_with_a_forward_of_its_own_is_left_alone(caplog):
+    """timm's BatchNormAct2d is a BatchNorm2d that also applies its activation: folding it would drop that, so it is
+    not folded — and the plain BatchNorm in the same module still is (no fallback for the whole copy)."""
+    class BatchNormReLU(nn.BatchNorm2d):
+        def forward(self, x):
+            return torch.relu(super().forward(x))
+
+    module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), BatchNormReLU(8), _conv_bn_act(
+        dict(in_channels=8, out_channels=8, kernel_size=3, padding=1), nn.ReLU())).eval()
+    with torch.no_grad():
+        module[1].running_mean.uniform_(-1, 1)
+        module[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 12, 12)
+    with caplog.at_level(logging.INFO, logger="hf_transfer_cnn.fastpath"):
+        fast = build_inference_copy(module, x)
+    assert isinstance(fast[1], BatchNormReLU) and _n_fused(fast) == 1 and "its output" not in caplog.text
+    assert sum(type(m) is nn.BatchNorm2d for m in fast.modules()) == 0
+    with torch.no_grad():
+        assert_close(fast(x), module(x))

@@ -101,9 +101,15 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 def fold_batchnorms(clone: nn.Module, probe: torch.Tensor) -> int:
-    """Fold every eval-mode BatchNorm2d that directly follows a conv into it (in `clone`); returns how many."""
+    """Fold every eval-mode BatchNorm2d that directly follows a conv into it (in `clone`); returns how many. A
+    subclass with a forward of its own (timm's BatchNormAct2d also applies an activation) is left alone."""
     folded = 0
-    for conv_name, bn_name in producer_consumer_pairs(clone, probe, (nn.Conv2d,), (nn.BatchNorm2d,)):
+    plain_bn = nn.BatchNorm2d.forward
+
+    def foldable(m: nn.Module) -> bool:
+        return isinstance(m, nn.BatchNorm2d) and type(m).forward is plain_bn
+
+    for conv_name, bn_name in producer_consumer_pairs(clone, probe, (nn.Conv2d,), foldable):
         conv, bn = clone.get_submodule(conv_name), clone.get_submodule(bn_name)
         if conv.out_channels == bn.num_features and bn.track_running_stats and bn.running_var is not None:
             fold_conv_bn(conv, bn)
