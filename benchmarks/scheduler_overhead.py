@@ -32,8 +32,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Data(torch.utils.data.Dataset):
-    def __init__(self, n, size):
-        g = torch.Generator().manual_seed(0)
+    """`n` random images of `size` px with 10 random labels, fixed by `seed` (also used by short_run.py)."""
+
+    def __init__(self, n, size, seed=0):
+        g = torch.Generator().manual_seed(seed)
         self.x = torch.randn(n, 3, size, size, generator=g)
         self.y = torch.randint(0, 10, (n,), generator=g)
 

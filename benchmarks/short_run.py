@@ -31,24 +31,13 @@ STEPS, EVAL_BATCH, UNFREEZE_AT = 24, 64, 12
 
 def child(kind: str, fast: str, ckpt: str, image_size: int, batch: int) -> float:
     """One run in this process; returns its seconds (model loading to end of training)."""
-    import torch
     import transformers as T
 
     from hf_transfer_cnn import FastOptions, FreezeScheduler, TransferModel
+    from scheduler_overhead import Data  # this script's folder is on sys.path
 
-    class Images(torch.utils.data.Dataset):
-        def __init__(self, n: int, seed: int):
-            g = torch.Generator().manual_seed(seed)
-            self.x = torch.randn(n, 3, image_size, image_size, generator=g)
-            self.y = torch.randint(0, 10, (n,), generator=g)
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, i):
-            return {"pixel_values": self.x[i], "labels": self.y[i]}
-
-    train, evaluation = Images(batch * (STEPS - 1) + batch // 3, 0), Images(EVAL_BATCH + EVAL_BATCH // 2 + 3, 1)
+    train = Data(batch * (STEPS - 1) + batch // 3, image_size, seed=0)
+    evaluation = Data(EVAL_BATCH + EVAL_BATCH // 2 + 3, image_size, seed=1)
     T.logging.set_verbosity_error()
     started = time.perf_counter()
     model = TransferModel.from_pretrained(ckpt, num_labels=10, trainable_stages=0)

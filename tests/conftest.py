@@ -114,3 +114,19 @@ def torchrun() -> list[str]:
         port = sock.getsockname()[1]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
             "--master_port", str(port)]
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("timm_sweep")``: a script of benchmarks/ imported as a module (benchmarks is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

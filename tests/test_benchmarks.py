@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,11 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def fm():
-    spec = importlib.util.spec_from_file_location("bench_fashion_mnist", ROOT / "benchmarks" / "fashion_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def fm(load_benchmark):
+    return load_benchmark("fashion_mnist")
 
 
 def ttt_run(reached_s=None, trained_s=100.0, steps=100, best=0.89):

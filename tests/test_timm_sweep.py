@@ -6,9 +6,7 @@ the sweep script itself (benchmarks/timm_sweep.py) on two modules."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +18,6 @@ from hf_transfer_cnn.freezing import freeze_model, units_for
 from hf_transfer_cnn.registry import get_module
 from tolerance import assert_close
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # timm model -> (forward mode, stages, input size): small ones, at a small size where the model takes any
 SAMPLE = {
@@ -34,11 +31,8 @@ SAMPLE = {
 
 
 @pytest.fixture(scope="module")
-def sweep():
-    spec = importlib.util.spec_from_file_location("bench_timm_sweep", ROOT / "benchmarks" / "timm_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sweep(load_benchmark):
+    return load_benchmark("timm_sweep")
 
 
 @pytest.fixture(scope="module")

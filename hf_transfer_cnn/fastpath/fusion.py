@@ -16,6 +16,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+from ..registry import set_module
+
 __all__ = ["fold_conv_bn", "fold_batchnorms", "fuse_conv_activations", "FusedConvAct", "pointwise_conv_available",
            "producer_consumer_pairs"]
 
@@ -113,7 +115,7 @@ def fold_batchnorms(clone: nn.Module, probe: torch.Tensor) -> int:
         conv, bn = clone.get_submodule(conv_name), clone.get_submodule(bn_name)
         if conv.out_channels == bn.num_features and bn.track_running_stats and bn.running_var is not None:
             fold_conv_bn(conv, bn)
-            replace_module(clone, bn_name, nn.Identity())
+            set_module(clone, bn_name, nn.Identity())
             folded += 1
     return folded
 
@@ -211,12 +213,6 @@ def fuse_conv_activations(clone: nn.Module, probe: torch.Tensor) -> int:
         conv, act = clone.get_submodule(conv_name), clone.get_submodule(act_name)
         if _fusable_conv(conv):
             FusedConvAct.fuse(conv, act, _post_op(act))
-            replace_module(clone, act_name, nn.Identity())
+            set_module(clone, act_name, nn.Identity())
             fused += 1
     return fused
-
-
-def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Set the submodule `name` (dotted) of `root` to `new`."""
-    parent_name, _, attr = name.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, attr, new)
